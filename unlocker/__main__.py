@@ -1,0 +1,3 @@
+from unlocker.cli import main
+
+main()

@@ -1,0 +1,85 @@
+"""Changing a keystore: create one, add and remove slots. Every function takes an opened keystore (or
+makes a new one) and returns a new, MAC'ed Keystore value with the generation advanced; writing it to
+disk is storage.py's job, so a failed step never leaves a half-changed file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+
+from unlocker import aead, kdf
+from unlocker.errors import InvalidInput
+from unlocker.keystore import KEY_BYTES, KEYSTORE_ID_BYTES, MAX_SLOTS, Dek, Keystore, Slot
+from unlocker.memory import wipe
+from unlocker.slots import EnrollOptions, Secrets, slot_type
+from unlocker.unlock import DEK_WRAP_LABEL, Unlocked, dek_aad, header_mac, slot_aad
+
+
+def finish(keystore: Keystore, store_key: bytearray) -> Keystore:
+    """Advance the generation and compute the header MAC."""
+    advanced = replace(keystore, generation=keystore.generation + 1, mac=b"")
+    return replace(advanced, mac=header_mac(advanced, store_key))
+
+
+def _wrap_dek(keystore_id: bytes, store_key: bytearray, dek_id: int, key: bytearray) -> Dek:
+    template = Dek(dek_id, "primary", int(time.time()), b"", b"")
+    wrap_key = kdf.hkdf(store_key, keystore_id, DEK_WRAP_LABEL)
+    try:
+        nonce, wrapped = aead.seal(wrap_key, key, dek_aad(keystore_id, template))
+    finally:
+        wipe(wrap_key)
+    return replace(template, nonce=nonce, wrapped_key=wrapped)
+
+
+def _new_slot(keystore: Keystore, store_key: bytearray, index: int, type_name: str,
+              secrets: Secrets, options: EnrollOptions) -> Slot:
+    params, slot_key = slot_type(type_name).create(secrets, keystore.id, options)
+    template = Slot(index, type_name, params, b"", b"")
+    try:
+        nonce, wrapped = aead.seal(slot_key, store_key, slot_aad(keystore.id, template))
+    finally:
+        wipe(slot_key)
+    return replace(template, nonce=nonce, wrapped_key=wrapped)
+
+
+def create(type_name: str, secrets: Secrets, options: EnrollOptions) -> Unlocked:
+    """A new keystore with a random store key, DEK version 1, and one slot."""
+    store_key = bytearray(os.urandom(KEY_BYTES))
+    dek = bytearray(os.urandom(KEY_BYTES))
+    keystore_id = os.urandom(KEYSTORE_ID_BYTES)
+    try:
+        empty = Keystore(keystore_id, 0, (), (_wrap_dek(keystore_id, store_key, 1, dek),))
+    finally:
+        wipe(dek)
+    slot = _new_slot(empty, store_key, 0, type_name, secrets, options)
+    return Unlocked(finish(empty.with_slots((slot,)), store_key), store_key, slot_index=0)
+
+
+def add_slot(opened: Unlocked, type_name: str, secrets: Secrets, options: EnrollOptions) -> Keystore:
+    keystore = opened.keystore
+    if len(keystore.slots) >= MAX_SLOTS:
+        raise InvalidInput(f"the keystore already has {MAX_SLOTS} slots; wipe one first")
+    slot = _new_slot(keystore, opened.store_key, keystore.free_slot_index(), type_name, secrets, options)
+    return finish(keystore.with_slots((*keystore.slots, slot)), opened.store_key)
+
+
+def remove_slot(opened: Unlocked, index: int) -> Keystore:
+    """Remove a slot. Refused when it would leave no slot proven to work: the slot that opened the
+    keystore for this call must be another one."""
+    keystore = opened.keystore
+    if any(d.index == index for d in keystore.damaged):
+        remaining_damaged = tuple(d for d in keystore.damaged if d.index != index)
+        return finish(keystore.with_slots(keystore.slots, remaining_damaged), opened.store_key)
+    if index not in {s.index for s in keystore.slots}:
+        raise InvalidInput(f"there is no slot {index}")
+    if index == opened.slot_index:
+        others = len(keystore.slots) - 1
+        raise InvalidInput(
+            f"refusing to wipe slot {index}: it is the slot you unlocked with"
+            + (f"; unlock with one of the other {others} slot(s) to prove it works" if others else
+               ", and the last one; the keystore would never open again")
+        )
+    remaining = tuple(s for s in keystore.slots if s.index != index)
+    return finish(keystore.with_slots(remaining), opened.store_key)

@@ -1,0 +1,52 @@
+"""Where things live, and the few settings an administrator can change in /etc/unlocker/unlocker.conf.
+
+The file is optional, INI-style:
+
+    [tpm2]
+    device = device:/dev/tpmrm0
+    pcrs = 7
+"""
+
+from __future__ import annotations
+
+import configparser
+from dataclasses import dataclass
+from pathlib import Path
+
+from unlocker.errors import InvalidInput
+
+CONFIG_DIR = Path("/etc/unlocker")
+CONFIG_FILE = CONFIG_DIR / "unlocker.conf"
+KEYSTORE = Path("/var/lib/unlocker/keystore")
+RUN_DIR = Path("/run/unlocker")
+DEFAULT_TCTI = "device:/dev/tpmrm0"
+
+
+@dataclass(frozen=True)
+class Config:
+    tpm2_device: str | None = None  # None: /dev/tpmrm0 when it exists
+    tpm2_pcrs: tuple[int, ...] = (7,)
+
+
+def parse_pcr_list(text: str) -> tuple[int, ...]:
+    """'7', '0,7' or '0+7' -> (0, 7)."""
+    try:
+        pcrs = tuple(sorted({int(p) for p in text.replace("+", ",").split(",") if p.strip()}))
+    except ValueError:
+        raise InvalidInput(f"--tpm2-pcrs takes PCR numbers like 7 or 0,7, not {text!r}") from None
+    if any(not 0 <= p <= 23 for p in pcrs):
+        raise InvalidInput("PCR numbers go from 0 to 23")
+    return pcrs
+
+
+def load(path: Path = CONFIG_FILE) -> Config:
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(path)
+    except configparser.Error as e:
+        raise InvalidInput(f"{path}: {e}") from None
+    pcrs = parser.get("tpm2", "pcrs", fallback=None)
+    return Config(
+        tpm2_device=parser.get("tpm2", "device", fallback=None),
+        tpm2_pcrs=parse_pcr_list(pcrs) if pcrs else (7,),
+    )

@@ -1,0 +1,116 @@
+"""Holding secrets in memory we can wipe.
+
+Python cannot wipe immutable `bytes`, so secrets live in bytearray (or in a secret mapping for the
+long-lived DEKs of the broker), are filled with readinto/derive_into/decrypt_into, and are zeroed as soon
+as they are used. `wipe` also scrubs a `bytes` object in place for the few places a library hands one
+back: that relies on CPython's object layout, which is checked once at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+import resource
+import sys
+from collections.abc import Iterator
+
+_PR_SET_DUMPABLE = 4
+_SYS_MEMFD_SECRET = 447  # x86_64 and aarch64
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# Offset of the character data inside a CPython bytes object (ob_sval).
+_BYTES_DATA_OFFSET = sys.getsizeof(b"") - 1
+
+
+def _bytes_layout_ok() -> bool:
+    probe = bytes(bytearray(b"layout-probe"))
+    return ctypes.string_at(id(probe) + _BYTES_DATA_OFFSET, len(probe)) == probe
+
+
+_CAN_WIPE_BYTES = sys.implementation.name == "cpython" and _bytes_layout_ok()
+
+
+def wipe(*buffers: bytearray | bytes | memoryview | mmap.mmap | None) -> None:
+    """Overwrite each buffer with zeros. None is ignored, so callers can wipe optional secrets."""
+    for buf in buffers:
+        if buf is None:
+            continue
+        if isinstance(buf, bytes):
+            if _CAN_WIPE_BYTES and len(buf) > 0:
+                ctypes.memset(id(buf) + _BYTES_DATA_OFFSET, 0, len(buf))
+            continue
+        view = memoryview(buf).cast("B")
+        view[:] = bytes(len(view))
+        view.release()
+
+
+@contextlib.contextmanager
+def wiped(*buffers: bytearray | bytes | None) -> Iterator[None]:
+    """Wipe the buffers when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        wipe(*buffers)
+
+
+# glibc hands a freed block to its per-thread cache (tcache) untouched; with the cache off, every free
+# goes through the path that honours M_PERTURB, which overwrites freed blocks. That scrubs the copies
+# libraries make of a secret and then free (OpenSSL's Argon2 copies the passphrase, for one). The tcache
+# can only be turned off at process start, hence the environment variable and the re-exec in cli.main.
+SCRUB_TUNABLE = "glibc.malloc.tcache_count=0"
+_M_PERTURB = -6
+
+
+def freed_memory_is_scrubbed() -> bool:
+    return SCRUB_TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":")
+
+
+def scrub_freed_memory() -> None:
+    """Have glibc overwrite every block freed from now on (with zeros: 256's low byte)."""
+    _libc.mallopt(_M_PERTURB, 256)
+
+
+def environment_with_scrubbing() -> dict[str, str]:
+    env = dict(os.environ)
+    env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), SCRUB_TUNABLE]))
+    return env
+
+
+def harden_process() -> None:
+    """No core dumps and no ptrace by other users: a crash must not write the keys to disk."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+class SecretMemory:
+    """A fixed-size region that is never swapped or dumped.
+
+    memfd_secret(2) where the kernel has it (the pages are even removed from the kernel's direct map);
+    otherwise an anonymous mapping that is mlock'ed and marked MADV_DONTDUMP.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.kind = "memfd_secret"
+        fd = _libc.syscall(_SYS_MEMFD_SECRET, 0)
+        if fd >= 0:
+            try:
+                os.ftruncate(fd, size)
+                self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            finally:
+                os.close(fd)
+        else:
+            self.kind = "mlock"
+            self._map = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            self._map.madvise(mmap.MADV_DONTDUMP)
+            addr = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+            if _libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(size)) != 0:
+                self.kind = "unlocked"  # RLIMIT_MEMLOCK too low; still wiped and not dumped
+        self.view = memoryview(self._map)
+
+    def close(self) -> None:
+        wipe(self._map)
+        self.view.release()
+        self._map.close()
