@@ -14,15 +14,17 @@ import traceback
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from unlocker import changes, config, memory, storage
+from unlocker import changes, config, control, grants, memory, storage
 from unlocker.errors import InvalidInput, TpmError, UnlockerError
+from unlocker.formats import Format
 from unlocker.keystore import FormatError, Keystore
 from unlocker.memory import wipe
 from unlocker.prompt import ask_tty, read_secret_file
+from unlocker.run import run
 from unlocker.slots import EnrollOptions, Secrets, recovery
 from unlocker.unlock import Unlocked, open_keystore
 
@@ -270,10 +272,13 @@ def unlock(
     tpm2_device: Tpm2Device = None,
     slot: SlotOption = None,
 ) -> None:
-    """Verify that a passphrase or recovery key opens the keystore (exit 2 when it does not)."""
-    if not check:
-        raise InvalidInput("unlock needs --check (the boot service, 'unlocker serve', does the real unlock)")
+    """With --check: verify a passphrase (exit 2 when it does not open). Without: have the running broker
+    unlock again after 'unlocker lock' (it asks through systemd-ask-password)."""
     g = _globals(ctx)
+    if not check:
+        reply = control.request("unlock", timeout=None)
+        print(f"broker unlocked (keystore generation {reply.get('generation')})")
+        return
     opened = _open(g, passphrase_file, _tcti(g, tpm2_device), slot)
     try:
         for dek in opened.keystore.deks:
@@ -290,7 +295,7 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
     """Show the keystore: generation, slots, DEK versions."""
     g = _globals(ctx)
     keystore = storage.read(g.keystore)
-    info = {
+    info: dict[str, Any] = {
         "keystore": {
             "path": str(g.keystore),
             "id": keystore.id.hex(),
@@ -303,6 +308,11 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
             ],
         }
     }
+    try:
+        info["broker"] = control.request("status", timeout=5)
+        info["broker"].pop("ok", None)
+    except UnlockerError as e:
+        info["broker"] = {"state": "not running", "error": str(e)}
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -311,6 +321,116 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
     print(f"backup    {'present' if ks['backup'] else 'none'}")
     print(f"slots     {', '.join(f'{s.index}:{s.type}' for s in keystore.slots)}")
     print(f"deks      {', '.join(f'{d.id}:{d.state}' for d in keystore.deks)}")
+    broker = info["broker"]
+    print(f"broker    {broker.get('state')}" + (f" since {_when(broker.get('since'))}" if broker.get("since") else ""))
+    for line in broker.get("grants", []):
+        print(f"grant     {line}")
+    for what in ("deliveries", "denials"):
+        counts = broker.get(what) or {}
+        if counts:
+            print(f"{what:<9} " + ", ".join(f"{unit}: {n}" for unit, n in sorted(counts.items())))
+
+
+def _when(stamp: object) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(stamp)))  # type: ignore[arg-type]
+
+
+@app.command()
+def lock(ctx: typer.Context) -> None:
+    """Wipe the keys from the running broker. Consumers already running keep their credential; units
+    started later fail until 'unlocker unlock'."""
+    control.request("lock")
+    print("broker locked: keys wiped from memory")
+
+
+@app.command()
+def grant(
+    ctx: typer.Context,
+    unit: Annotated[str, typer.Argument(help="Service unit, e.g. mariadb.service.")],
+    credential: Annotated[str, typer.Option("--credential", help="Credential id in the unit.")] = "dek",
+    fmt: Annotated[Format, typer.Option("--format", help="How the key is written.")] = Format.raw,
+    no_reload: Annotated[bool, typer.Option("--no-reload", help="Do not run systemctl daemon-reload.")] = False,
+) -> None:
+    """Allow UNIT to receive the key as credential ID, and write its systemd drop-in."""
+    grants.check(unit, credential)
+    current = grants.load()
+    new = grants.Grant(unit, credential, fmt)
+    current[(unit, credential)] = new
+    path = grants.write_dropin(new)
+    grants.save(current)
+    if not no_reload:
+        run(["systemctl", "daemon-reload"])
+    print(f"granted {unit} credential {credential} ({fmt}); drop-in {path}")
+    print(f"the unit reads it at $CREDENTIALS_DIRECTORY/{credential} from its next start")
+
+
+@app.command()
+def revoke(
+    ctx: typer.Context,
+    unit: Annotated[str, typer.Argument(help="Service unit.")],
+    credential: Annotated[str | None, typer.Option("--credential", help="Only this credential id.")] = None,
+    no_reload: Annotated[bool, typer.Option("--no-reload", help="Do not run systemctl daemon-reload.")] = False,
+) -> None:
+    """Remove UNIT's grant(s) and drop-in(s). A running unit keeps what it has until it stops."""
+    current = grants.load()
+    gone = [g for key, g in current.items() if g.unit == unit and credential in (None, g.credential)]
+    if not gone:
+        raise InvalidInput(f"{unit} has no grant" + (f" for credential {credential}" if credential else ""))
+    for g in gone:
+        grants.remove_dropin(g)
+        del current[(g.unit, g.credential)]
+    grants.save(current)
+    if not no_reload:
+        run(["systemctl", "daemon-reload"])
+    print(f"revoked {', '.join(f'{g.unit} {g.credential}' for g in gone)}; restart the unit to take the key away")
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    tpm2_device: Tpm2Device = None,
+    tries: Annotated[int, typer.Option("--tries", help="Passphrase attempts before giving up.")] = 3,
+    passphrase_file: PassphraseFile = None,
+    keyname: Annotated[str | None, typer.Option("--keyname", help="Kernel keyring name to cache under.")] = None,
+    accept_cached: Annotated[bool, typer.Option("--accept-cached", help="Reuse a cached passphrase.")] = False,
+) -> None:
+    """The boot service: prompt, unlock, serve credentials, answer the control socket."""
+    from unlocker import serve as serve_module
+    from unlocker.ask import AskOptions
+
+    g = _globals(ctx)
+    cfg = g.config
+    options = serve_module.ServeOptions(
+        keystore=g.keystore, run_dir=config.RUN_DIR, tcti=_tcti(g, tpm2_device), tries=tries or cfg.tries,
+        ask=AskOptions(keyname=keyname or cfg.keyname, accept_cached=accept_cached or cfg.accept_cached),
+        passphrase_file=passphrase_file,
+    )
+    serve_module.serve(options)
+
+
+@app.command()
+def install(
+    ctx: typer.Context,
+    enable: Annotated[bool, typer.Option("--enable/--no-enable", help="Enable unlocker.service.")] = True,
+) -> None:
+    """Put unlocker.service, its tmpfiles.d entry and directories in place on this machine."""
+    source = installed_units_dir()
+    Path("/etc/systemd/system/unlocker.service").write_text((source / "unlocker.service").read_text())
+    Path("/etc/tmpfiles.d").mkdir(parents=True, exist_ok=True)
+    Path("/etc/tmpfiles.d/unlocker.conf").write_text((source / "unlocker.conf.tmpfiles").read_text())
+    run(["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/unlocker.conf"])
+    run(["systemctl", "daemon-reload"])
+    if enable:
+        run(["systemctl", "enable", "unlocker.service"])
+    print("installed unlocker.service" + (" (enabled)" if enable else ""))
+
+
+def installed_units_dir() -> Path:
+    """units/ of a source checkout, or the copy the wheel installs under <prefix>/share/unlocker."""
+    for candidate in (Path(__file__).resolve().parent.parent / "units", Path(sys.prefix) / "share/unlocker/units"):
+        if (candidate / "unlocker.service").exists():
+            return candidate
+    raise UnlockerError("unit files not found; reinstall unlocker")
 
 
 @app.command("restore-backup")

@@ -5,6 +5,11 @@ The file is optional, INI-style:
     [tpm2]
     device = device:/dev/tpmrm0
     pcrs = 7
+
+    [prompt]
+    tries = 3
+    keyname = cryptsetup
+    accept-cached = yes
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ DEFAULT_TCTI = "device:/dev/tpmrm0"
 class Config:
     tpm2_device: str | None = None  # None: /dev/tpmrm0 when it exists
     tpm2_pcrs: tuple[int, ...] = (7,)
+    tries: int = 3  # passphrase attempts at boot
+    keyname: str | None = None  # systemd-ask-password --keyname (e.g. cryptsetup)
+    accept_cached: bool = False  # systemd-ask-password --accept-cached
 
 
 def parse_pcr_list(text: str) -> tuple[int, ...]:
@@ -46,7 +54,13 @@ def load(path: Path = CONFIG_FILE) -> Config:
     except configparser.Error as e:
         raise InvalidInput(f"{path}: {e}") from None
     pcrs = parser.get("tpm2", "pcrs", fallback=None)
-    return Config(
-        tpm2_device=parser.get("tpm2", "device", fallback=None),
-        tpm2_pcrs=parse_pcr_list(pcrs) if pcrs else (7,),
-    )
+    try:
+        return Config(
+            tpm2_device=parser.get("tpm2", "device", fallback=None),
+            tpm2_pcrs=parse_pcr_list(pcrs) if pcrs else (7,),
+            tries=parser.getint("prompt", "tries", fallback=3),
+            keyname=parser.get("prompt", "keyname", fallback=None),
+            accept_cached=parser.getboolean("prompt", "accept-cached", fallback=False),
+        )
+    except ValueError as e:
+        raise InvalidInput(f"{path}: {e}") from None

@@ -1,0 +1,47 @@
+"""One structured journal record per decision. Never key material: unit, credential id, decision and
+reason only. Query: journalctl MESSAGE_ID=<id> or journalctl -t unlocker.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from systemd import journal
+
+log = logging.getLogger("unlocker")
+
+DELIVERED = "6f2b1c8e5a3d4f0e9b7c2a1d0e3f4a5b"
+DENIED = "a4e1d2c3b5f6478899aabbccddeeff01"
+UNLOCKED = "1b2c3d4e5f60718293a4b5c6d7e8f901"
+LOCKED = "9f8e7d6c5b4a39281706f5e4d3c2b1a0"
+ROTATED = "c0ffee00d15ea5e0ba5eba11deadbeef"
+
+
+def _send(message: str, message_id: str, priority: int, **fields: object) -> None:
+    try:
+        journal.send(message, MESSAGE_ID=message_id, PRIORITY=str(priority), SYSLOG_IDENTIFIER="unlocker",
+                     **{f"UNLOCKER_{k.upper()}": str(v) for k, v in fields.items()})
+    except OSError as e:  # no journal (tests outside systemd): the decision still stands, say so once
+        log.warning("could not write to the journal: %s", e)
+
+
+def delivered(unit: str, credential: str, fmt: str, versions: list[int]) -> None:
+    _send(f"delivered credential {credential} ({fmt}) to {unit}", DELIVERED, journal.LOG_INFO,
+          unit=unit, credential=credential, decision="deliver", format=fmt,
+          versions=",".join(map(str, versions)))
+
+
+def denied(unit: str | None, credential: str | None, reason: str, pid: int | None, uid: int | None) -> None:
+    _send(f"denied credential {credential or '?'} to {unit or 'unknown peer'}: {reason}", DENIED,
+          journal.LOG_WARNING, unit=unit or "", credential=credential or "", decision="deny", reason=reason,
+          peer_pid=pid if pid is not None else "", peer_uid=uid if uid is not None else "")
+
+
+def state_changed(state: str, detail: str) -> None:
+    _send(f"broker {state}: {detail}", UNLOCKED if state == "unlocked" else LOCKED, journal.LOG_NOTICE,
+          state=state, detail=detail)
+
+
+def rotated(what: str, old_generation: int, new_generation: int, by: str) -> None:
+    _send(f"rotated {what}: keystore generation {old_generation} -> {new_generation}", ROTATED,
+          journal.LOG_NOTICE, what=what, old_generation=old_generation, new_generation=new_generation, by=by)

@@ -1,0 +1,82 @@
+"""Who is asking for a credential. Pure parsing; the socket calls live in broker.py.
+
+systemd (252) connects to a LoadCredential= socket from a short-lived helper that runs as root in the
+consumer unit's cgroup, bound to the abstract address "\\0<random hex>/unit/<UNIT>/<ID>". The name alone
+proves nothing (any local user can bind any abstract name), so a request is trusted only when all of
+these hold: the address has that shape, the peer's uid is 0, and /proc/<pid>/cgroup puts the peer
+process in exactly <UNIT>'s cgroup.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# systemd's unit name rules (unit-name.c): [a-zA-Z0-9:_.\\-@] plus "\\x" escapes, at most 255 bytes,
+# a single '@' for templates. Credential ids: no '/', not empty, not "." or "..".
+_UNIT = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.(service|socket|mount|swap|timer|path|scope)")
+_CREDENTIAL = re.compile(r"[A-Za-z0-9_.\-:@+]{1,255}")
+_ADDRESS = re.compile(r"\0([0-9a-f]+)/unit/([^/]+)/([^/]+)")
+
+# The address must fit sockaddr_un's 108 bytes; systemd fails longer ones with "Protocol error", so
+# unit name + credential id together must stay under about 70 characters.
+MAX_ADDRESS_BYTES = 107
+
+
+class PeerError(ValueError):
+    """The peer is not who it must be. The message is the audit reason."""
+
+
+@dataclass(frozen=True)
+class Request:
+    unit: str
+    credential: str
+
+
+def parse_address(address: str | bytes) -> Request:
+    """Unit and credential id from the peer's abstract socket address."""
+    if isinstance(address, bytes):
+        try:
+            address = address.decode("ascii")
+        except UnicodeDecodeError:
+            raise PeerError("peer address is not ASCII") from None
+    m = _ADDRESS.fullmatch(address)
+    if not m:
+        raise PeerError("peer address is not a systemd credential request")
+    unit, credential = m.group(2), m.group(3)
+    if not is_unit_name(unit):
+        raise PeerError("peer address names an invalid unit")
+    if not _CREDENTIAL.fullmatch(credential) or credential in (".", ".."):
+        raise PeerError("peer address names an invalid credential id")
+    return Request(unit, credential)
+
+
+def is_unit_name(name: str) -> bool:
+    return len(name) <= 255 and _UNIT.fullmatch(name) is not None
+
+
+def cgroup_path(proc_cgroup: str) -> str | None:
+    """The systemd cgroup path from /proc/<pid>/cgroup: the unified ("0::") line, or on a legacy or
+    hybrid host the name=systemd hierarchy."""
+    legacy = None
+    for line in proc_cgroup.splitlines():
+        number, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if number == "0" and controllers == "":
+            return path
+        if controllers == "name=systemd":
+            legacy = path
+    return legacy
+
+
+def in_unit_cgroup(proc_cgroup: str, unit: str) -> bool:
+    """True when the process is directly in <unit>'s own cgroup, "/<slices...>/<unit>".
+
+    Exact component match: "xfoo.service" is not "foo.service", and a process in a sub-cgroup of another
+    unit, or in a unit whose *slice* has a similar name, does not count.
+    """
+    path = cgroup_path(proc_cgroup)
+    if path is None or not path.startswith("/"):
+        return False
+    *slices, last = path[1:].split("/")
+    return last == unit and all(s.endswith(".slice") for s in slices)
