@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from swtpm_fixture import fresh_swtpm, swtpm  # noqa: F401  (fixtures)
 
 from unlocker import changes, storage
 from unlocker.kdf import Argon2Params

@@ -15,6 +15,7 @@ from conftest import FAST, write_secret
 
 from unlocker import storage
 from unlocker.errors import KeystoreBusy, UnlockerError
+from unlocker.memory import environment_with_scrubbing
 from unlocker.slots import Secrets
 from unlocker.unlock import open_keystore
 
@@ -55,6 +56,7 @@ def test_sigkill_at_each_write_step_leaves_old_or_new(two_slot_keystore, tmp_pat
         [sys.executable, "-c", CHILD, step, "--keystore", str(path), "enroll", "passphrase",
          "--passphrase-file", str(old), "--new-passphrase-file", str(new), "--kdf-time", "20"],
         capture_output=True, timeout=60,
+        env=environment_with_scrubbing(),  # as `unlocker` re-executes itself; else the hook would be lost
     )
     assert p.returncode == -signal.SIGKILL, p.stderr
     assert _opens(path, first)

@@ -83,3 +83,14 @@ def remove_slot(opened: Unlocked, index: int) -> Keystore:
         )
     remaining = tuple(s for s in keystore.slots if s.index != index)
     return finish(keystore.with_slots(remaining), opened.store_key)
+
+
+def replace_slot(opened: Unlocked, index: int, type_name: str, secrets: Secrets, options: EnrollOptions) -> Keystore:
+    """A new slot of the given type at the same index, replacing the old one in one atomic write (so a
+    crash leaves the old slot or the new one, never neither)."""
+    keystore = opened.keystore
+    if index not in {s.index for s in keystore.slots}:
+        raise InvalidInput(f"there is no slot {index}")
+    slot = _new_slot(keystore, opened.store_key, index, type_name, secrets, options)
+    others = tuple(s for s in keystore.slots if s.index != index)
+    return finish(keystore.with_slots((*others, slot)), opened.store_key)

@@ -18,10 +18,10 @@ from typing import Annotated, Any
 
 import typer
 
-from unlocker import changes, config, control, grants, memory, storage
+from unlocker import audit, changes, config, control, grants, memory, storage
 from unlocker.errors import InvalidInput, TpmError, UnlockerError
 from unlocker.formats import Format
-from unlocker.keystore import FormatError, Keystore
+from unlocker.keystore import FormatError, Keystore, format_pcrs
 from unlocker.memory import wipe
 from unlocker.prompt import ask_tty, read_secret_file
 from unlocker.run import run
@@ -92,9 +92,12 @@ def _ask(passphrase_file: str | None, prompt: str, confirm: bool = False) -> byt
     return ask_tty(prompt, confirm=confirm)
 
 
-def _open(g: Globals, passphrase_file: str | None, tcti: str | None, slot: int | None) -> Unlocked:
+def _open(g: Globals, passphrase_file: str | None, tcti: str | None, slot: int | None,
+          tpm2_only: bool = False) -> Unlocked:
     keystore = storage.read(g.keystore)
-    passphrase = _ask(passphrase_file, f"Passphrase or recovery key for {g.keystore}: ")
+    if tpm2_only and tcti is None:
+        raise InvalidInput("--tpm2-only needs a TPM: none found; pass --tpm2-device")
+    passphrase = None if tpm2_only else _ask(passphrase_file, f"Passphrase or recovery key for {g.keystore}: ")
     try:
         opened = open_keystore(keystore, Secrets(passphrase, tcti), only_slot=slot)
     except FormatError as e:
@@ -271,6 +274,7 @@ def unlock(
     passphrase_file: PassphraseFile = None,
     tpm2_device: Tpm2Device = None,
     slot: SlotOption = None,
+    tpm2_only: Annotated[bool, typer.Option("--tpm2-only", help="Try the TPM-only slots, no passphrase.")] = False,
 ) -> None:
     """With --check: verify a passphrase (exit 2 when it does not open). Without: have the running broker
     unlock again after 'unlocker lock' (it asks through systemd-ask-password)."""
@@ -279,7 +283,7 @@ def unlock(
         reply = control.request("unlock", timeout=None)
         print(f"broker unlocked (keystore generation {reply.get('generation')})")
         return
-    opened = _open(g, passphrase_file, _tcti(g, tpm2_device), slot)
+    opened = _open(g, passphrase_file, _tcti(g, tpm2_device), slot, tpm2_only)
     try:
         for dek in opened.keystore.deks:
             wipe(opened.dek(dek.id))  # proves every DEK unwraps, not just the store key
@@ -291,8 +295,12 @@ def unlock(
 
 
 @app.command()
-def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show the keystore: generation, slots, DEK versions."""
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    tpm2_device: Tpm2Device = None,
+) -> None:
+    """Show the keystore (generation, slots, DEK versions), the TPM and the running broker."""
     g = _globals(ctx)
     keystore = storage.read(g.keystore)
     info: dict[str, Any] = {
@@ -308,6 +316,16 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
             ],
         }
     }
+    tcti = _tcti(g, tpm2_device)
+    if tcti is not None:
+        from unlocker import tpm
+
+        try:
+            t = tpm.probe(tcti)
+            info["tpm2"] = {"device": tcti, "manufacturer": t.manufacturer, "lockout_counter": t.lockout_counter,
+                            "max_tries": t.max_tries, "recovery_time_s": t.recovery_time, "in_lockout": t.in_lockout}
+        except TpmError as e:
+            info["tpm2"] = {"device": tcti, "error": str(e)}
     try:
         info["broker"] = control.request("status", timeout=5)
         info["broker"].pop("ok", None)
@@ -321,6 +339,11 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
     print(f"backup    {'present' if ks['backup'] else 'none'}")
     print(f"slots     {', '.join(f'{s.index}:{s.type}' for s in keystore.slots)}")
     print(f"deks      {', '.join(f'{d.id}:{d.state}' for d in keystore.deks)}")
+    if "tpm2" in info:
+        t = info["tpm2"]
+        print(f"tpm2      {t['device']}: " + (t["error"] if "error" in t else
+              f"{t['manufacturer']}, lockout counter {t['lockout_counter']} of {t['max_tries']}"
+              + (" (IN LOCKOUT)" if t["in_lockout"] else "")))
     broker = info["broker"]
     print(f"broker    {broker.get('state')}" + (f" since {_when(broker.get('since'))}" if broker.get("since") else ""))
     for line in broker.get("grants", []):
@@ -329,6 +352,53 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
         counts = broker.get(what) or {}
         if counts:
             print(f"{what:<9} " + ", ".join(f"{unit}: {n}" for unit, n in sorted(counts.items())))
+
+
+class RotateKind(StrEnum):
+    tpm2 = "tpm2"
+
+
+@app.command()
+def rotate(
+    ctx: typer.Context,
+    kind: Annotated[RotateKind, typer.Argument(help="What to rotate.")],
+    passphrase_file: PassphraseFile = None,
+    new_passphrase_file: NewPassphraseFile = None,
+    tpm2_device: Tpm2Device = None,
+    tpm2_pcrs: Tpm2Pcrs = None,
+    kdf_time: KdfTime = 2000,
+    kdf_memory: KdfMemory = None,
+    slot: SlotOption = None,
+) -> None:
+    """tpm2: re-seal every TPM slot to the current PCR values (after a firmware or boot-chain update).
+    Unlock with any working slot first; a tpm2+passphrase slot asks for its passphrase again."""
+    g = _globals(ctx)
+    tcti = _tcti(g, tpm2_device)
+    if tcti is None:
+        raise InvalidInput("rotate tpm2 needs a TPM: none found; pass --tpm2-device")
+    opened = _open(g, passphrase_file, tcti, slot)
+    try:
+        keystore = opened.keystore
+        targets = [s for s in keystore.slots if s.type in ("tpm2", "tpm2+passphrase")]
+        if not targets:
+            raise InvalidInput("the keystore has no TPM slot to re-seal")
+        options = EnrollOptions(kdf_time_ms=kdf_time, kdf_memory_kib=kdf_memory, pcrs=_pcrs(g, tpm2_pcrs))
+        for target in targets:
+            new_secret = None
+            if target.type == "tpm2+passphrase":
+                new_secret = _ask(new_passphrase_file, f"Passphrase for slot {target.index} (tpm2+passphrase): ",
+                                  confirm=True)
+            try:
+                keystore = changes.replace_slot(Unlocked(keystore, opened.store_key, opened.slot_index),
+                                                target.index, target.type, Secrets(new_secret, tcti), options)
+            finally:
+                wipe(new_secret)
+        storage.write(g.keystore, keystore, opened.keystore.generation)
+    finally:
+        opened.close()
+    audit.rotated("tpm2", opened.keystore.generation, keystore.generation, by=os.environ.get("SUDO_USER", "root"))
+    print(f"re-sealed slot(s) {', '.join(str(t.index) for t in targets)} to PCR {format_pcrs(options.pcrs)} "
+          f"(generation {keystore.generation})")
 
 
 def _when(stamp: object) -> str:

@@ -84,6 +84,11 @@ def open_keystore(keystore: Keystore, secrets: Secrets, only_slot: int | None = 
         s for s in keystore.slots
         if (only_slot is None or s.index == only_slot) and slot_type(s.type).accepts(secrets)
     ]
+    # A recovery key goes to recovery slots only, and slots that cost nothing to try go before TPM
+    # slots: a wrong guess at a TPM slot is counted by its dictionary-attack protection.
+    if any(s.type == "recovery" for s in candidates):
+        candidates = [s for s in candidates if s.type == "recovery"]
+    candidates.sort(key=lambda s: (slot_type(s.type).needs_tpm, s.index))
     if not candidates:
         which = f"slot {only_slot}" if only_slot is not None else "no slot"
         raise InvalidInput(f"{which} of this keystore can be opened with what was supplied")
