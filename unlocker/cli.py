@@ -518,7 +518,7 @@ def main() -> None:
     memory.scrub_freed_memory()
     debug = "--debug" in sys.argv
     try:
-        app(standalone_mode=False)
+        app(prog_name="unlocker", standalone_mode=False)
     except UnlockerError as e:
         if debug:
             traceback.print_exc()
