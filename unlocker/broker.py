@@ -58,9 +58,8 @@ def _peer_pidfd(sock: socket.socket, pid: int) -> int:
         return os.pidfd_open(pid)  # older kernels: a small window for pid reuse remains
 
 
-def verify(sock: socket.socket, peer: Peer) -> Request:
+def verify(sock: socket.socket, peer: Peer, request: Request) -> None:
     """Raise PeerError unless the peer is systemd's helper for the unit its address names."""
-    request = parse_address(peer.address)
     if peer.uid != 0:
         raise PeerError(f"peer uid {peer.uid} is not 0 (only systemd itself requests credentials)")
     try:
@@ -80,7 +79,6 @@ def verify(sock: socket.socket, peer: Peer) -> Request:
         os.close(pidfd)
     if not in_unit_cgroup(cgroup, request.unit):
         raise PeerError(f"peer is not in the cgroup of {request.unit}")
-    return request
 
 
 @dataclass
@@ -145,7 +143,8 @@ class Broker:
         request: Request | None = None
         try:
             peer = peer_of(sock)
-            request = verify(sock, peer)
+            request = parse_address(peer.address)  # what the peer claims; verified next
+            verify(sock, peer, request)
             grant, reason = self.decide(request)
         except (PeerError, OSError) as e:
             grant, reason = None, str(e)

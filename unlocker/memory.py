@@ -80,8 +80,11 @@ def environment_with_scrubbing() -> dict[str, str]:
 
 def harden_process() -> None:
     """No core dumps and no ptrace by other users: a crash must not write the keys to disk."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    if _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+    # Under a seccomp filter without setrlimit, the unit's LimitCORE=0 already did this.
+    with contextlib.suppress(OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 class SecretMemory:

@@ -147,10 +147,12 @@ class Container:
         self.console = open(self.dir / "console.log", "wb")  # noqa: SIM115 - closed in stop()
         # --register=no/--keep-unit: the host has no systemd (no machined, no scope to create).
         # The host network is shared: a swtpm on the host's loopback is reachable from inside.
+        # nspawn's own seccomp filter knows nothing of memfd_secret and allows mlock only with
+        # CAP_IPC_LOCK; a real server has neither restriction, so give the container both.
         self.nspawn = subprocess.Popen(
             ["systemd-nspawn", "--boot", f"--directory={self.root}", f"--machine={self.name}",
              "--register=no", "--keep-unit", "--console=pipe", "--resolv-conf=off", "--timezone=off",
-             "--link-journal=no"],
+             "--link-journal=no", "--capability=CAP_IPC_LOCK", "--system-call-filter=memfd_secret @memlock"],
             stdin=subprocess.DEVNULL, stdout=self.console, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from .helpers import PASSPHRASE, consumer, expected, failed_at_credentials, journal, run_consumer, setup, start_broker
@@ -63,3 +65,62 @@ def test_audit_records_in_the_journal_and_no_key_material(machine):
     key_hex = expected(machine, "hex").strip()
     assert key_hex not in everything and key_hex.upper() not in everything
     assert PASSPHRASE not in everything
+
+
+# A client that binds an abstract name of its choosing and reads what the broker sends.
+FORGER = r"""
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind("\0" + "00ff00ff00ff00ff/unit/granted.service/dek")
+try:
+    s.connect(sys.argv[1])
+except PermissionError:
+    print("permission denied"); sys.exit(0)
+data = b""
+while chunk := s.recv(1 << 20):
+    data += chunk
+print(len(data), data.strip(b"\0") == b"")
+"""
+
+
+def test_nobody_with_a_forged_name_cannot_even_connect(machine):
+    for sock in ("/run/unlocker/credentials.sock", "/run/unlocker/control.sock"):
+        p = machine.run(["systemd-run", "--wait", "--pipe", "-q", "-p", "User=nobody",
+                         "python3", "-c", FORGER, sock])
+        assert p.stdout.decode().strip() == "permission denied"
+
+
+def test_root_in_another_units_cgroup_claiming_a_granted_unit_gets_no_key(machine):
+    p = machine.run(["systemd-run", "--wait", "--pipe", "-q", "--unit=evil.service",
+                     "python3", "-c", FORGER, "/run/unlocker/credentials.sock"])
+    # Over systemd's 1 MiB limit and all zeros: a unit would fail at CREDENTIALS; a forger learns nothing.
+    assert p.stdout.decode().split() == ["1048577", "True"]
+    assert "denied credential dek to granted.service: peer is not in the cgroup of granted.service" in \
+        journal(machine, None, "MESSAGE_ID=a4e1d2c3b5f6478899aabbccddeeff01")
+
+
+def test_root_outside_any_unit_gets_no_key(machine):
+    p = machine.run(["python3", "-c", FORGER, "/run/unlocker/credentials.sock"])
+    assert p.stdout.decode().split() == ["1048577", "True"]
+
+
+def test_status_over_the_control_socket(machine):
+    import json
+    info = json.loads(machine.run(["unlocker", "status", "--json"]).stdout)
+    assert info["broker"]["state"] == "unlocked"
+    assert "granted.service dek hex" in info["broker"]["grants"]
+    assert info["broker"]["memory"] in ("memfd_secret", "mlock")
+
+
+def test_broker_memory_holds_no_passphrase(machine):
+    pid = machine.show("unlocker.service", "MainPID")["MainPID"]
+    scan = (Path(__file__).parents[1] / "memscan.py").read_text() + (
+        "\nimport sys\nprint(find_in_process(int(sys.argv[1]), sys.stdin.buffer.read()))\n")
+    p = machine.run(["python3", "-c", scan, pid], input=PASSPHRASE)
+    assert p.stdout.decode().strip() == "[]"
+    # The scanner can read the broker: it finds the broker's own journal identifier.
+    p = machine.run(["python3", "-c", scan, pid], input=b"MESSAGE_ID=")
+    assert p.stdout.decode().strip() != "[]"
+    status = machine.run(["cat", f"/proc/{pid}/status"]).stdout.decode()
+    assert machine.run(["cat", f"/proc/{pid}/coredump_filter"], check=False) is not None
+    assert "Uid:\t0" in status
