@@ -1,0 +1,136 @@
+"""The boot story, each test on a freshly booted machine: the prompt, ordering, lock and unlock."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from .helpers import PASSPHRASE, expected, failed_at_credentials, journal, run_consumer, setup, wait_active
+
+pytestmark = pytest.mark.system
+
+
+# A stand-in credential server: answers every connection with `reply`, then closes.
+SERVER = """import socket
+s = socket.socket(socket.AF_UNIX)
+s.bind("{path}")
+s.listen()
+while True:
+    k = s.accept()[0]
+    try:
+        k.sendall({reply})
+    except OSError:
+        pass
+    k.close()
+"""
+
+
+def _state(c, unit):
+    return c.show(unit, "ActiveState")["ActiveState"]
+
+
+def test_wrong_passphrase_then_right_one_and_consumers_wait(container):
+    c = container
+    setup(c, [("granted.service", "dek", "base64")])
+    c.systemctl("enable", "unlocker.service")
+    c.systemctl("start", "--no-block", "unlocker.service")
+    # A granted unit started now is queued behind the unlock (After=/Requires= in its drop-in).
+    c.systemctl("start", "--no-block", "granted.service")
+    first = c.answer_password(b"not the passphrase")
+    assert first["id"] == "unlocker:keystore"
+    assert "Passphrase for the unlocker keystore on" in first["message"]
+    time.sleep(0.5)
+    assert _state(c, "unlocker.service") == "activating"
+    assert _state(c, "granted.service") in ("inactive", "activating")
+    assert c.run(["cat", "/var/log/granted.service.out"], check=False).returncode != 0  # has not run yet
+    second = c.answer_password(PASSPHRASE)
+    assert "attempt 2 of 3" in second["message"]
+    wait_active(c, "unlocker.service")
+    deadline = time.monotonic() + 20
+    while c.run(["cat", "/var/log/granted.service.out"], check=False).returncode != 0:
+        assert time.monotonic() < deadline, journal(c, "granted.service")
+        time.sleep(0.1)
+    report = c.read("/var/log/granted.service.out").decode()
+    assert bytes.fromhex(report.splitlines()[2]) == expected(c, "base64")
+    assert "wrong passphrase (attempt 1 of 3)" in journal(c, "unlocker.service")
+
+
+def test_lock_then_unlock_again(container):
+    c = container
+    setup(c, [("granted.service", "dek", "raw")])
+    c.systemctl("start", "--no-block", "unlocker.service")
+    c.answer_password(PASSPHRASE)
+    wait_active(c, "unlocker.service")
+    assert run_consumer(c, "granted.service")[0]
+
+    c.run(["unlocker", "lock"])
+    info = json.loads(c.run(["unlocker", "status", "--json"]).stdout)
+    assert info["broker"]["state"] == "locked"
+    c.run(["rm", "/var/log/granted.service.out"])
+    ok, report = run_consumer(c, "granted.service")
+    assert not ok and report == ""
+    assert failed_at_credentials(c, "granted.service")
+    assert "denied credential dek to granted.service: the broker is locked" in journal(c, "unlocker.service")
+
+    # `unlocker unlock` blocks until the broker has its passphrase: answer from a second process.
+    unlock = c.run(["sh", "-c", "unlocker unlock > /root/unlock.out 2>&1 &"])
+    assert unlock.returncode == 0
+    c.answer_password(PASSPHRASE)
+    deadline = time.monotonic() + 20
+    while b"broker unlocked" not in c.run(["cat", "/root/unlock.out"], check=False).stdout:
+        assert time.monotonic() < deadline, c.run(["cat", "/root/unlock.out"], check=False).stdout
+        time.sleep(0.05)
+    ok, report = run_consumer(c, "granted.service")
+    assert ok and bytes.fromhex(report.splitlines()[2]) == expected(c, "raw")
+
+
+def test_empty_credential_is_refused_by_the_grant_dropin(container):
+    """systemd 252's fail-open: a socket that closes without data yields an EMPTY credential and the unit
+    starts. Prove the trap with a stand-in server, and that the drop-in `grant` writes refuses to start."""
+    c = container
+    c.write("/usr/local/bin/closer.py", SERVER.format(path="/run/closer.sock", reply="b''"))
+    c.write("/etc/systemd/system/closer.service", "[Service]\nExecStart=/usr/bin/python3 /usr/local/bin/closer.py\n")
+    c.write("/etc/systemd/system/trap.service", """[Service]
+Type=oneshot
+LoadCredential=dek:/run/closer.sock
+ExecStart=/bin/sh -c 'stat -c %%s "$CREDENTIALS_DIRECTORY/dek"'
+StandardOutput=truncate:/var/log/trap.out
+""")
+    c.write("/etc/systemd/system/guarded.service", """[Service]
+Type=oneshot
+ExecStart=/bin/true
+""")
+    c.run(["unlocker", "install", "--no-enable"])
+    c.run(["unlocker", "grant", "guarded.service", "--no-reload"])
+    # Point the grant at the closing server instead of the broker, keeping its ExecStartPre= check.
+    dropin = "/etc/systemd/system/guarded.service.d/50-unlocker-dek.conf"
+    text = (c.root / dropin.lstrip("/")).read_text()
+    c.write(dropin, text.replace("/run/unlocker/credentials.sock", "/run/closer.sock")
+            .replace("Requires=unlocker.service\n", ""))
+    c.systemctl("daemon-reload")
+    c.systemctl("start", "closer.service")
+    time.sleep(0.3)
+    assert c.systemctl("start", "trap.service", check=False).returncode == 0
+    assert c.read("/var/log/trap.out").decode().strip() == "0"  # the trap: started with an empty key
+    assert c.systemctl("start", "guarded.service", check=False).returncode != 0
+    # The ExecStartPre= `test -s` (a control process) failed; the main process never ran.
+    assert "Control process exited, code=exited, status=1/FAILURE" in journal(c, "guarded.service")
+
+
+def test_oversized_reply_fails_the_unit_at_credentials(container):
+    """The other half of the platform fact the broker relies on to refuse."""
+    c = container
+    c.write("/usr/local/bin/big.py", SERVER.format(path="/run/big.sock", reply="bytes(1024 * 1024 + 1)"))
+    c.write("/etc/systemd/system/big.service", "[Service]\nExecStart=/usr/bin/python3 /usr/local/bin/big.py\n")
+    c.write("/etc/systemd/system/victim.service", """[Service]
+Type=oneshot
+LoadCredential=dek:/run/big.sock
+ExecStart=/bin/true
+""")
+    c.systemctl("daemon-reload")
+    c.systemctl("start", "big.service")
+    time.sleep(0.3)
+    assert c.systemctl("start", "victim.service", check=False).returncode != 0
+    assert failed_at_credentials(c, "victim.service")
