@@ -416,21 +416,23 @@ def lock(ctx: typer.Context) -> None:
 @app.command()
 def grant(
     ctx: typer.Context,
-    unit: Annotated[str, typer.Argument(help="Service unit, e.g. mariadb.service.")],
+    units: Annotated[list[str], typer.Argument(help="Service unit(s), e.g. mariadb.service.")],
     credential: Annotated[str, typer.Option("--credential", help="Credential id in the unit.")] = "dek",
     fmt: Annotated[Format, typer.Option("--format", help="How the key is written.")] = Format.raw,
     no_reload: Annotated[bool, typer.Option("--no-reload", help="Do not run systemctl daemon-reload.")] = False,
 ) -> None:
     """Allow UNIT to receive the key as credential ID, and write its systemd drop-in."""
-    grants.check(unit, credential)
+    for unit in units:
+        grants.check(unit, credential)
     current = grants.load()
-    new = grants.Grant(unit, credential, fmt)
-    current[(unit, credential)] = new
-    path = grants.write_dropin(new)
+    for unit in units:
+        new = grants.Grant(unit, credential, fmt)
+        current[(unit, credential)] = new
+        path = grants.write_dropin(new)
+        print(f"granted {unit} credential {credential} ({fmt}); drop-in {path}")
     grants.save(current)
     if not no_reload:
         run(["systemctl", "daemon-reload"])
-    print(f"granted {unit} credential {credential} ({fmt}); drop-in {path}")
     print(f"the unit reads it at $CREDENTIALS_DIRECTORY/{credential} from its next start")
 
 

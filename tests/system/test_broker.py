@@ -124,3 +124,32 @@ def test_broker_memory_holds_no_passphrase(machine):
     status = machine.run(["cat", f"/proc/{pid}/status"]).stdout.decode()
     assert machine.run(["cat", f"/proc/{pid}/coredump_filter"], check=False) is not None
     assert "Uid:\t0" in status
+
+
+STUCK = r"""
+import socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect("/run/unlocker/credentials.sock")
+print("connected", flush=True)
+time.sleep(60)  # never reads
+"""
+
+
+def test_200_units_at_once_while_a_client_never_reads(machine):
+    c = machine
+    c.write("/etc/systemd/system/burst@.service", """[Service]
+Type=oneshot
+User=nobody
+ExecStart=/bin/sh -c 'od -An -v -tx1 "$CREDENTIALS_DIRECTORY/dek" | tr -d " \\\\n"'
+StandardOutput=truncate:/var/log/%n.out
+""")
+    units = [f"burst@{i}.service" for i in range(1, 201)]
+    c.run(["unlocker", "grant", *units, "--format", "hex"])
+    c.run(["systemd-run", "--unit=stuck.service", "python3", "-c", STUCK])
+    try:
+        started = c.run(["systemctl", "start", *units], check=False, timeout=300)
+        want = expected(c, "hex").hex()
+        wrong = [u for u in units if c.run(["cat", f"/var/log/{u}.out"], check=False).stdout.decode() != want]
+        assert started.returncode == 0 and wrong == [], (started.stderr.decode()[-2000:], wrong[:5])
+    finally:
+        c.systemctl("stop", "stuck.service", check=False)
