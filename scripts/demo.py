@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,9 @@ def main() -> int:
     parser.add_argument("--passphrase-file", type=Path, help="answer the prompts from this file instead")
     args = parser.parse_args()
     interactive = args.passphrase_file is None
+    # A closed terminal or a kill must still stop the machine and the TPM (the ExitStack below).
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, lambda *_: sys.exit(1))
     if interactive and not sys.stdin.isatty():
         parser.error("no terminal to type the passphrase on: pass --passphrase-file PATH")
     with contextlib.ExitStack() as stack:
