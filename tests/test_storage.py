@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FAST, write_secret
+from tiny_disk import fill
 
 from unlocker import storage
 from unlocker.errors import KeystoreBusy, UnlockerError
@@ -77,38 +78,16 @@ def test_a_leftover_temp_file_from_a_crash_is_harmless(two_slot_keystore):
     assert _opens(path, b"x")
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
-
-
-def test_disk_full_leaves_the_keystore_byte_identical(tiny_disk, two_slot_keystore, cli, tmp_path):
+def test_disk_full_leaves_the_keystore_byte_identical(two_slot_keystore, cli, tmp_path):
     src, first, _ = two_slot_keystore
-    path = tiny_disk / "keystore"
-    path.write_bytes(src.read_bytes())
-    os.chmod(path, 0o600)
-    before = path.read_bytes()
-    filler = tiny_disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:  # fill the disk up to the last byte
-        while True:
-            os.write(fd, b"\0" * 512)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    r = cli("enroll", "passphrase", "--passphrase-file", write_secret(tmp_path / "old", first),
-            "--new-passphrase-file", write_secret(tmp_path / "new", b"new"), "--kdf-time", "20", keystore=path)
-    assert r.returncode == 1
-    assert "the disk is full; the keystore is unchanged" in r.stderr and "Traceback" not in r.stderr
-    assert path.read_bytes() == before
-    assert not [p.name for p in tiny_disk.iterdir() if p.name.startswith(".")]
+    with fill(tmp_path / "tiny", [src]) as (path,):
+        before = path.read_bytes()
+        r = cli("enroll", "passphrase", "--passphrase-file", write_secret(tmp_path / "old", first),
+                "--new-passphrase-file", write_secret(tmp_path / "new", b"new"), "--kdf-time", "20", keystore=path)
+        assert r.returncode == 1
+        assert "the disk is full; the keystore is unchanged" in r.stderr and "Traceback" not in r.stderr
+        assert path.read_bytes() == before
+        assert not [p.name for p in path.parent.iterdir() if p.name.startswith(".")]
 
 
 def test_a_second_writer_is_refused_cleanly(two_slot_keystore, cli, tmp_path):

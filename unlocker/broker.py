@@ -202,8 +202,15 @@ async def handle_control(broker: Broker, reader: asyncio.StreamReader, writer: a
             reply: dict[str, object] = {"ok": False, "error": "the control socket is for root only"}
         else:
             line = await asyncio.wait_for(reader.readline(), 30)
-            reply = await dispatch(broker, json.loads(line or b"{}"))
-    except (ValueError, TimeoutError, OSError) as e:
+            request = json.loads(line or b"{}")
+            secret = None
+            if isinstance(request.get("secret_bytes"), int) and 0 < request["secret_bytes"] <= 64:
+                secret = bytearray(await asyncio.wait_for(reader.readexactly(request["secret_bytes"]), 30))
+            try:
+                reply = await dispatch(broker, request, secret)
+            finally:
+                wipe(secret)
+    except (ValueError, TimeoutError, OSError, asyncio.IncompleteReadError) as e:
         reply = {"ok": False, "error": f"bad request: {e}"}
     with contextlib.suppress(OSError):
         writer.write(json.dumps(reply).encode() + b"\n")
@@ -211,7 +218,7 @@ async def handle_control(broker: Broker, reader: asyncio.StreamReader, writer: a
     writer.close()
 
 
-async def dispatch(broker: Broker, request: dict[str, object]) -> dict[str, object]:
+async def dispatch(broker: Broker, request: dict[str, object], secret: bytearray | None = None) -> dict[str, object]:
     command = request.get("command")
     if command == "status":
         return {"ok": True, **broker.status()}
@@ -221,7 +228,7 @@ async def dispatch(broker: Broker, request: dict[str, object]) -> dict[str, obje
     handler = broker.control_handlers.get(str(command))
     if handler is None:
         return {"ok": False, "error": f"unknown command {command!r}"}
-    result: dict[str, object] = await handler(request)  # type: ignore[operator]
+    result: dict[str, object] = await handler(request, secret)  # type: ignore[operator]
     return result
 
 

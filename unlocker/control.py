@@ -17,7 +17,8 @@ class BrokerUnavailable(UnlockerError):
 
 
 def request(command: str, timeout: float | None = 30, socket_path: Path = CONTROL_SOCKET,
-            **fields: object) -> dict[str, object]:
+            secret: bytearray | None = None, **fields: object) -> dict[str, object]:
+    """Send one command; `secret` (a key) follows the JSON line as raw bytes, never inside the JSON."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:
@@ -28,7 +29,11 @@ def request(command: str, timeout: float | None = 30, socket_path: Path = CONTRO
             raise BrokerUnavailable(f"cannot connect to {socket_path}: permission denied (run as root)") from None
         except OSError as e:
             raise BrokerUnavailable(f"cannot connect to {socket_path}: {e.strerror}") from None
+        if secret is not None:
+            fields["secret_bytes"] = len(secret)
         s.sendall(json.dumps({"command": command, **fields}).encode() + b"\n")
+        if secret is not None:
+            s.sendall(secret)
         data = b""
         while not data.endswith(b"\n"):
             chunk = s.recv(65536)

@@ -24,7 +24,7 @@ from unlocker.memory import harden_process, wipe
 from unlocker.prompt import read_secret_file
 from unlocker.run import log
 from unlocker.slots import Secrets, slot_type
-from unlocker.unlock import Unlocked, open_keystore
+from unlocker.unlock import Unlocked, open_keystore, with_store_key
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,30 @@ async def _serve(options: ServeOptions) -> None:
             notify(f"unlocked (keystore generation {keyring.generation}); serving credentials")
             return {"ok": True, "state": "unlocked", "generation": keyring.generation}
 
-    async def control_unlock(request: dict[str, object]) -> dict[str, object]:
+    async def control_reload(request: dict[str, object], secret: bytearray | None) -> dict[str, object]:
+        """Take a new keystore generation without asking for the passphrase: the broker still holds the
+        store key (or, after `rotate kek`, is handed the new one)."""
+        if not keyring.unlocked:
+            return {"ok": True, "state": "locked"}
+        store_key = bytearray(secret) if secret is not None else keyring.store_key()
+        try:
+            opened = with_store_key(storage.read(options.keystore), store_key)
+        except FormatError as e:
+            return {"ok": False, "error": str(e)}
+        except UnlockerError as e:
+            return {"ok": False, "error": str(e)}
+        finally:
+            wipe(store_key)
+        old = keyring.generation
+        try:
+            keyring.load(opened)
+        finally:
+            opened.close()
+        audit.state_changed("unlocked", f"took keystore generation {keyring.generation} (was {old})")
+        notify(f"unlocked (keystore generation {keyring.generation}); serving credentials")
+        return {"ok": True, "state": "unlocked", "generation": keyring.generation}
+
+    async def control_unlock(request: dict[str, object], secret: bytearray | None) -> dict[str, object]:
         if keyring.unlocked:
             return {"ok": True, "state": "unlocked", "generation": keyring.generation}
         try:
@@ -113,6 +136,7 @@ async def _serve(options: ServeOptions) -> None:
             return {"ok": False, "error": str(e)}
 
     broker.control_handlers["unlock"] = control_unlock
+    broker.control_handlers["reload"] = control_reload
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -100,13 +100,17 @@ def _replace(path: Path, data: bytes, step: str) -> None:
         raise UnlockerError(f"cannot write {path}: {reason}; the keystore is unchanged") from None
 
 
-def write(path: Path, new: Keystore, expected_generation: int | None) -> None:
+def write(path: Path, new: Keystore, expected_generation: int | None, *, lock: bool = True,
+          rotate_backup: bool = False) -> None:
     """Replace the keystore with `new`, keeping the current file as the backup.
 
     expected_generation is the generation the caller read (None when creating): if the file moved on
     since, another command changed it and this write is refused rather than losing that change.
+    lock=False when the caller already holds locked(path) (a rotation holds it from start to end).
+    rotate_backup: after a secret was rotated, the backup must not keep opening with the old secret,
+    so it becomes a copy of the new generation instead of the previous one.
     """
-    with locked(path):
+    with locked(path) if lock else contextlib.nullcontext():
         if expected_generation is None:
             if path.exists():
                 raise UnlockerError(f"a keystore already exists at {path}; refusing to overwrite it")
@@ -118,8 +122,12 @@ def write(path: Path, new: Keystore, expected_generation: int | None) -> None:
                 raise damaged(path, str(e)) from None
             if generation != expected_generation:
                 raise KeystoreBusy(f"{path} changed while this command ran; run it again")
-            _replace(backup_path(path), current, "backup")
-        _replace(path, new.serialize(), "keystore")
+            if not rotate_backup:
+                _replace(backup_path(path), current, "backup")
+        data = new.serialize()
+        _replace(path, data, "keystore")
+        if rotate_backup:
+            _replace(backup_path(path), data, "backup")
 
 
 def restore_backup(path: Path) -> Keystore:

@@ -119,3 +119,12 @@ def open_keystore(keystore: Keystore, secrets: Secrets, only_slot: int | None = 
 
 def damaged_list(keystore: Keystore) -> str:
     return ", ".join(str(d.index) for d in keystore.damaged)
+
+
+def with_store_key(keystore: Keystore, store_key: bytearray) -> Unlocked:
+    """Open a keystore with a store key already held (the broker's, after a rotation on disk).
+    Raises FormatError when the MAC does not verify: the file was changed by someone without that key,
+    or the store key itself was rotated."""
+    if not hmac.compare_digest(header_mac(keystore, store_key), keystore.mac):
+        raise FormatError("header authentication failed with the store key held in memory")
+    return Unlocked(keystore, bytearray(store_key), slot_index=-1)
