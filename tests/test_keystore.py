@@ -207,7 +207,8 @@ _slot_params = {
         st.lists(st.integers(0, 23), unique=True, max_size=4).map(lambda p: ks.format_pcrs(tuple(sorted(p)))),
         _b(min_size=1, max_size=300).map(ks.b64encode),
         _b(min_size=1, max_size=300).map(ks.b64encode),
-    ).map(lambda v: (("pcrs", v[0]), ("bank", "sha256"), ("public", v[1]), ("private", v[2]))),
+        _b(min_size=34, max_size=34).map(ks.b64encode),
+    ).map(lambda v: (("pcrs", v[0]), ("bank", "sha256"), ("parent", v[3]), ("public", v[1]), ("private", v[2]))),
 }
 
 

@@ -135,6 +135,7 @@ FIELD_CHECKS: dict[str, Callable[[str], object]] = {
     "bank": _check_bank,
     "public": _blob,
     "private": _blob,
+    "parent": _blob,
     "credential": _blob,
 }
 
@@ -143,8 +144,8 @@ FIELD_CHECKS: dict[str, Callable[[str], object]] = {
 SLOT_FIELDS: dict[str, tuple[str, ...]] = {
     "passphrase": ("argon2id", "salt"),
     "recovery": (),
-    "tpm2": ("pcrs", "bank", "public", "private"),
-    "tpm2+passphrase": ("argon2id", "salt", "pcrs", "bank", "public", "private"),
+    "tpm2": ("pcrs", "bank", "parent", "public", "private"),
+    "tpm2+passphrase": ("argon2id", "salt", "pcrs", "bank", "parent", "public", "private"),
     "systemd-creds+passphrase": ("argon2id", "salt", "credential"),
 }
 

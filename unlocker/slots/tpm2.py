@@ -28,6 +28,7 @@ def _sealed_from(slot: Slot, with_auth: bool) -> tpm.Sealed:
         pcrs=parse_pcrs(slot.param("pcrs")),
         bank=slot.param("bank"),
         with_auth=with_auth,
+        parent_name=b64decode(slot.param("parent")),
     )
 
 
@@ -35,6 +36,7 @@ def _sealed_params(sealed: tpm.Sealed) -> Params:
     return (
         ("pcrs", format_pcrs(sealed.pcrs)),
         ("bank", sealed.bank),
+        ("parent", b64encode(sealed.parent_name)),
         ("public", b64encode(sealed.public)),
         ("private", b64encode(sealed.private)),
     )
