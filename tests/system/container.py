@@ -144,7 +144,7 @@ class Container:
             d.mkdir()
         _run_host(["mount", "-t", "overlay", "overlay", "-o",
                    f"lowerdir={lower},upperdir={upper},workdir={work}", str(self.root)])
-        self.console = open(self.dir / "console.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.console = open(self.dir / "console.log", "wb")
         # --register=no/--keep-unit: the host has no systemd (no machined, no scope to create).
         # The host network is shared: a swtpm on the host's loopback is reachable from inside.
         # nspawn's own seccomp filter knows nothing of memfd_secret and allows mlock only with

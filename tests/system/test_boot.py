@@ -48,11 +48,12 @@ def test_wrong_passphrase_then_right_one_and_consumers_wait(container):
     second = c.answer_password(PASSPHRASE)
     assert "attempt 2 of 3" in second["message"]
     wait_active(c, "unlocker.service")
+    # StandardOutput=truncate: creates the file when the unit starts: wait for the whole report.
     deadline = time.monotonic() + 20
-    while c.run(["cat", "/var/log/granted.service.out"], check=False).returncode != 0:
+    while len((report := c.run(["cat", "/var/log/granted.service.out"], check=False).stdout.decode())
+              .splitlines()) < 3:
         assert time.monotonic() < deadline, journal(c, "granted.service")
         time.sleep(0.1)
-    report = c.read("/var/log/granted.service.out").decode()
     assert bytes.fromhex(report.splitlines()[2]) == expected(c, "base64")
     assert "wrong passphrase (attempt 1 of 3)" in journal(c, "unlocker.service")
 
