@@ -150,3 +150,23 @@ def test_share_and_k1_k2_are_wiped_after_unlock(tpm_keystore, fresh_swtpm):
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
+
+
+def test_systemd_creds_slot_opens_and_its_weakness_is_stated(fresh_swtpm, tmp_path, cli):
+    path = tmp_path / "keystore"
+    pw = write_secret(tmp_path / "pw", b"pw")
+    new = write_secret(tmp_path / "new", b"creds passphrase")
+    assert cli("init", "--no-tpm2", "--kdf-time", "20", "--passphrase-file", pw, keystore=path).returncode == 0
+    r = cli("enroll", "systemd-creds+passphrase", "--tpm2-device", fresh_swtpm.tcti, "--passphrase-file", pw,
+            "--new-passphrase-file", new, "--kdf-time", "20", keystore=path)
+    assert r.returncode == 0, r.stderr
+    r = cli("unlock", "--check", "--slot", "1", "--tpm2-device", fresh_swtpm.tcti, "--passphrase-file", new,
+            keystore=path)
+    assert r.returncode == 0 and "slot 1 opens" in r.stdout, r.stderr
+    # Neither half alone: the passphrase without the TPM, or a wrong passphrase with it.
+    assert cli("unlock", "--check", "--slot", "1", "--passphrase-file", new, keystore=path).returncode == 1
+    r = cli("unlock", "--check", "--slot", "1", "--tpm2-device", fresh_swtpm.tcti, "--passphrase-file", pw,
+            keystore=path)
+    assert r.returncode == 2
+    assert tpm.probe(fresh_swtpm.tcti).lockout_counter == 0  # the weakness: the TPM saw no wrong guess
+    assert "the TPM does not count wrong passphrases" in cli("slots", keystore=path).stdout

@@ -39,6 +39,7 @@ class SlotKind(StrEnum):
     recovery = "recovery"
     tpm2 = "tpm2"
     tpm2_passphrase = "tpm2+passphrase"  # noqa: S105
+    systemd_creds_passphrase = "systemd-creds+passphrase"  # noqa: S105
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def _open(g: Globals, passphrase_file: str | None, tcti: str | None, slot: int |
 
 def _new_secrets(kind: SlotKind, new_passphrase_file: str | None, tcti: str | None) -> tuple[Secrets, bytearray | None]:
     """The secrets for a new slot, and the recovery key to show (once) when one was generated."""
-    if kind in (SlotKind.tpm2, SlotKind.tpm2_passphrase) and tcti is None:
+    if kind in (SlotKind.tpm2, SlotKind.tpm2_passphrase, SlotKind.systemd_creds_passphrase) and tcti is None:
         raise InvalidInput(f"a {kind} slot needs a TPM: none found; pass --tpm2-device")
     if kind == SlotKind.recovery:
         key = recovery.generate()
@@ -225,6 +226,8 @@ def _slot_info(keystore: Keystore) -> list[dict[str, object]]:
             row["kdf"] = {"algorithm": "argon2id", "memory_kib": m, "iterations": t, "lanes": p}
         if "pcrs" in params:
             row["tpm2"] = {"pcrs": params["pcrs"], "bank": params["bank"]}
+        if s.type == "systemd-creds+passphrase":
+            row["note"] = "systemd-creds takes no PIN: the TPM does not count wrong passphrases"
         rows.append(row)
     return rows
 
@@ -247,6 +250,8 @@ def slots(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] =
             t = row["tpm2"]
             assert isinstance(t, dict)
             detail += f"  pcrs={t['pcrs']} ({t['bank']})"
+        if "note" in row:
+            detail += f"  ({row['note']})"
         print(f"{row['slot']:>3}  {row['type']:<16}{detail}")
 
 

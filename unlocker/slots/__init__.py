@@ -65,6 +65,7 @@ _REGISTRY = {
     "recovery": ("unlocker.slots.recovery", "RecoverySlot"),
     "tpm2": ("unlocker.slots.tpm2", "Tpm2Slot"),
     "tpm2+passphrase": ("unlocker.slots.tpm2", "Tpm2PassphraseSlot"),
+    "systemd-creds+passphrase": ("unlocker.slots.systemd_creds", "SystemdCredsPassphraseSlot"),
 }
 
 
