@@ -1,13 +1,16 @@
-"""Real consumers fed only by unlocker: MariaDB data-at-rest encryption (Debian's mariadb-server)."""
+"""Real consumers fed only by unlocker: Debian's MariaDB, nginx and PHP-FPM, and a Python app."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from .helpers import PASSPHRASE, failed_at_credentials, journal, setup, start_broker
+from unlocker.client import Keyring, field_aad
+
+from .helpers import PASSPHRASE, expected, failed_at_credentials, journal, setup, start_broker
 
 pytestmark = pytest.mark.system
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,8 +30,8 @@ def _unlock_again(c) -> None:
         time.sleep(0.05)
 
 
-def test_mariadb_encrypts_its_tables_with_the_delivered_key(container):
-    c = container
+def _mariadb(c) -> None:
+    """The MariaDB recipe (docs/recipes/mariadb.md): key file from unlocker, everything encrypted."""
     setup(c, [])
     c.run(["systemctl", "unmask", "mariadb.service"], check=False)
     c.run(["mariadb-install-db", "--user=mysql", "--datadir=/var/lib/mysql", "--skip-test-db",
@@ -37,6 +40,11 @@ def test_mariadb_encrypts_its_tables_with_the_delivered_key(container):
     c.write("/etc/mysql/mariadb.conf.d/90-unlocker.cnf", (ROOT / "examples" / "mariadb-unlocker.cnf").read_text())
     start_broker(c)
     c.systemctl("start", "mariadb.service")
+
+
+def test_mariadb_encrypts_its_tables_with_the_delivered_key(container):
+    c = container
+    _mariadb(c)
     assert "Using encryption key id 1" in journal(c, "mariadb.service") or _sql(c, "SELECT 1").strip() == "1"
     _sql(c, f"""CREATE DATABASE shop;
         CREATE TABLE shop.secret (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB ENCRYPTED=YES;
@@ -60,3 +68,49 @@ def test_mariadb_encrypts_its_tables_with_the_delivered_key(container):
     c.systemctl("reset-failed", "mariadb.service")
     c.systemctl("start", "mariadb.service")
     assert _sql(c, "SELECT v FROM shop.secret WHERE id = 1").strip() == MARKER
+
+
+def _pool(c, name: str) -> None:
+    php = ROOT / "examples" / "php"
+    c.run(["useradd", "--system", "--no-create-home", name])
+    c.write(f"/etc/php/8.2/fpm/pool-{name}.conf", (php / "php-fpm-pool.conf").read_text().replace("NAME", name))
+    c.write(f"/etc/systemd/system/php-fpm-{name}.service",
+            (php / "php-fpm-pool.service").read_text().replace("NAME", name))
+    _sql(c, f"CREATE USER {name}@localhost IDENTIFIED VIA unix_socket; GRANT ALL ON shop.* TO {name}@localhost;")
+
+
+def test_php_behind_nginx_encrypts_a_field_and_an_ungranted_pool_gets_nothing(container):
+    c = container
+    _mariadb(c)
+    _sql(c, "CREATE DATABASE shop; CREATE TABLE shop.notes (id INT PRIMARY KEY, body TEXT) ENCRYPTED=YES;")
+    _pool(c, "vault")
+    _pool(c, "other")
+    c.run(["unlocker", "grant", "php-fpm-vault.service", "--format", "json"])
+    c.write("/srv/vault/vault.php", (ROOT / "examples" / "php" / "vault.php").read_text())
+    port = "18080"
+    c.write("/etc/nginx/sites-enabled/unlocker-vault",
+            (ROOT / "examples" / "php" / "nginx-site.conf").read_text().replace("PORT", port))
+    c.run(["rm", "-f", "/etc/nginx/sites-enabled/default"])
+    c.run(["systemctl", "unmask", "nginx.service"], check=False)
+    c.systemctl("start", "php-fpm-vault.service", "php-fpm-other.service", "nginx.service")
+
+    page = c.run(["curl", "-sS", f"http://127.0.0.1:{port}/vault.php?id=1&value={MARKER}"]).stdout.decode()
+    assert f"read back: {MARKER}" in page, page + journal(c, "php-fpm-vault.service")
+    stored = _sql(c, "SELECT body FROM shop.notes WHERE id = 1").strip()
+    assert stored.startswith("uk1:1:") and MARKER not in stored
+    assert f"stored: {stored}" in page
+
+    other = c.run(["curl", "-sS", "-w", "%{http_code}", f"http://127.0.0.1:{port}/other.php?id=2&value=x"])
+    text = other.stdout.decode()
+    assert text.endswith("503") and "no key" in text and "directly: denied" in text
+    assert _sql(c, "SELECT COUNT(*) FROM shop.notes WHERE id = 2").strip() == "0"
+
+    # The token is what unlocker.client reads: same format, same associated data.
+    import tempfile
+
+    from unlocker.client import Keyring, field_aad
+
+    from .helpers import expected
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "dek").write_bytes(expected(c, "json"))
+        assert Keyring.load(directory=d).decrypt(stored, field_aad("notes", "body", 1)) == MARKER.encode()
