@@ -106,11 +106,8 @@ def test_php_behind_nginx_encrypts_a_field_and_an_ungranted_pool_gets_nothing(co
     assert _sql(c, "SELECT COUNT(*) FROM shop.notes WHERE id = 2").strip() == "0"
 
     # The token is what unlocker.client reads: same format, same associated data.
-    import tempfile
 
-    from unlocker.client import Keyring, field_aad
 
-    from .helpers import expected
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "dek").write_bytes(expected(c, "json"))
         assert Keyring.load(directory=d).decrypt(stored, field_aad("notes", "body", 1)) == MARKER.encode()
