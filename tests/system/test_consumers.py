@@ -111,3 +111,45 @@ def test_php_behind_nginx_encrypts_a_field_and_an_ungranted_pool_gets_nothing(co
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "dek").write_bytes(expected(c, "json"))
         assert Keyring.load(directory=d).decrypt(stored, field_aad("notes", "body", 1)) == MARKER.encode()
+
+
+NOTES_UNIT = """[Unit]
+Description=example notes app
+After=mariadb.service
+
+[Service]
+Type=oneshot
+User=notes
+EnvironmentFile=/etc/notes-app.env
+ExecStart=/opt/unlocker/bin/python /usr/local/bin/notes_app.py $ARGS
+StandardOutput=truncate:/var/log/notes-app.out
+"""
+
+
+def _notes(c, *args: str) -> str:
+    c.write("/etc/notes-app.env", "DB_USER=notes\nDB_PASSWORD=notes-db-pw\nARGS=" + " ".join(args) + "\n", 0o600)
+    c.systemctl("start", "notes-app.service")
+    return c.read("/var/log/notes-app.out").decode().strip()
+
+
+def test_python_app_round_trips_through_mariadb_and_survives_a_dek_rotation(container):
+    c = container
+    _mariadb(c)
+    _sql(c, "CREATE DATABASE notes; CREATE TABLE notes.notes (id INT PRIMARY KEY, body TEXT) ENCRYPTED=YES;"
+            "CREATE USER notes@localhost IDENTIFIED BY 'notes-db-pw'; GRANT ALL ON notes.* TO notes@localhost;")
+    c.run(["useradd", "--system", "--no-create-home", "notes"])
+    c.write("/usr/local/bin/notes_app.py", (ROOT / "examples" / "notes_app.py").read_text())
+    c.write("/etc/systemd/system/notes-app.service", NOTES_UNIT)
+    c.run(["unlocker", "grant", "notes-app.service", "--format", "json"])
+
+    assert _notes(c, "put", "1", MARKER) == "put 1 with key 1"
+    assert _notes(c, "get", "1") == f"get 1: {MARKER}"
+    stored = _sql(c, "SELECT body FROM notes.notes WHERE id = 1").strip()
+    assert stored.startswith("uk1:1:") and MARKER not in stored
+    _notes(c, "copy", "1", "2")
+    assert _notes(c, "get", "2").startswith("get 2: refused: the value does not decrypt here")
+
+    c.run(["unlocker", "rotate", "dek", "--passphrase-file", "-"], input=PASSPHRASE)
+    assert _notes(c, "put", "3", "after-rotation") == "put 3 with key 2"  # the oneshot restarted: new keyring
+    assert _notes(c, "get", "1") == f"get 1: {MARKER}"  # written under DEK 1, still readable
+    assert _notes(c, "get", "3") == "get 3: after-rotation"

@@ -1,0 +1,292 @@
+"""The facts of DESIGN.md section 4 about LoadCredential= with a socket, proved on the systemd 252 that this
+machine boots in systemd-nspawn. The broker is built on them; if one changes, these tests say which.
+
+A stand-in credential server (SERVER, socket-activated by a transient unit) logs what it learns of each
+connection before it replies; consumers are transient units started with `systemd-run --wait`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from .container import Container
+
+pytestmark = pytest.mark.system
+
+MIB = 1024 * 1024
+
+# argv: reply, log. reply is "close" (no data), "id" (the credential ID from the peer name) or "size:N" (N bytes).
+# It records the peer name, SO_PEERCRED and the peer's /proc/<pid>/cgroup while the peer still waits for
+# its reply, then replies.
+SERVER = r"""
+import json, socket, struct, sys
+reply, log = sys.argv[1], sys.argv[2]
+listener = socket.socket(fileno=3)  # socket activation: the socket exists before this process does
+while True:
+    conn, _ = listener.accept()
+    name = conn.getpeername()
+    name = name.decode("latin-1") if isinstance(name, bytes) else name
+    pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            cgroup = f.read()
+        with open(f"/proc/{pid}/comm") as f:
+            comm = f.read().strip()
+    except OSError as e:
+        cgroup = comm = repr(e)
+    with open(log, "a") as f:
+        f.write(json.dumps({"name": name, "pid": pid, "uid": uid, "gid": gid, "cgroup": cgroup, "comm": comm}) + "\n")
+    try:
+        if reply == "id":
+            conn.sendall(name.rsplit("/", 1)[-1].encode())
+        elif reply.startswith("size:"):
+            conn.sendall(b"x" * int(reply[5:]))
+    except OSError:
+        pass  # systemd stopped reading
+    conn.close()
+"""
+
+# What a consumer reports of its credentials: the filesystem, its own uid, and per file its name, mode,
+# owner uid, size and the hex of its first 64 bytes.
+REPORT = """cd "$CREDENTIALS_DIRECTORY"; echo "fs $(stat -f -c %T .)"; echo "uid $(id -u)"
+for f in *; do
+    [ -e "$f" ] && echo "file $f $(stat -c '%a %u %s' "$f") $(head -c 64 "$f" | od -An -v -tx1 | tr -d ' \\n')"
+done
+true"""
+
+# Binds the abstract name argv[1] (a leading "@" stands for the NUL), connects to argv[2], reads the reply.
+FORGER = r"""
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind("\0" + sys.argv[1][1:])
+s.connect(sys.argv[2])
+print(len(s.recv(1 << 16)))
+"""
+
+NOBODY = 65534
+
+
+@dataclass
+class Server:
+    c: Container
+    socket: str
+    log: str
+
+    def connections(self) -> list[dict]:
+        text = self.c.run(["cat", self.log], check=False).stdout.decode()
+        return [json.loads(line) for line in text.splitlines()]
+
+
+def server(c: Container, reply: str) -> Server:
+    tag = secrets.token_hex(4)
+    c.write_file("/usr/local/lib/facts-server.py", SERVER)
+    s = Server(c, f"/run/facts-{tag}.sock", f"/run/facts-{tag}.log")
+    c.run(["systemd-run", f"--unit=facts-server-{tag}", f"--socket-property=ListenStream={s.socket}",
+           "python3", "/usr/local/lib/facts-server.py", reply, s.log])
+    return s
+
+
+@dataclass
+class Report:
+    returncode: int
+    fs: str | None
+    uid: int | None
+    files: dict[str, tuple[str, int, int, bytes]]  # name -> (mode, owner uid, size, first 64 bytes)
+
+
+def consume(c: Container, unit: str, socket: str, *properties: str, ids: tuple[str, ...] = ("dek",)) -> Report:
+    """Starts `unit` (transient) with LoadCredential=ID:`socket` for each ID, and waits for it to exit."""
+    argv = ["systemd-run", f"--unit={unit}", "--wait", "--pipe", "--quiet"]
+    argv += [f"--property=LoadCredential={i}:{socket}" for i in ids]
+    argv += [f"--property={p}" for p in properties]
+    p = c.run([*argv, "sh", "-c", REPORT], check=False)
+    report = Report(p.returncode, None, None, {})
+    for line in p.stdout.decode().splitlines():
+        key, _, rest = line.partition(" ")
+        if key == "fs":
+            report.fs = rest
+        elif key == "uid":
+            report.uid = int(rest)
+        elif key == "file":
+            name, mode, uid, size, *head = rest.split(" ")
+            report.files[name] = (mode, int(uid), int(size), bytes.fromhex(head[0] if head else ""))
+    return report
+
+
+def cgroup_v2_line(proc_cgroup: str) -> str:
+    """The one `0::` line: on a hybrid host /proc/<pid>/cgroup also lists the v1 hierarchies."""
+    (line,) = [line for line in proc_cgroup.splitlines() if line.startswith("0::")]
+    return line
+
+
+# ---- who connects ----
+
+def test_peer_address_is_nul_hex_unit_id(bare_container):
+    c = bare_container
+    s = server(c, "close")
+    consume(c, "facts-peer.service", s.socket, "User=nobody")
+    (conn,) = s.connections()
+    assert re.fullmatch(r"\0[0-9a-f]{16}/unit/facts-peer\.service/dek", conn["name"]), conn["name"]
+
+
+@pytest.mark.parametrize(("unit", "properties", "cgroup"), [
+    ("facts-user.service", ["User=nobody"], "0::/system.slice/facts-user.service"),
+    ("facts-dynamic.service", ["DynamicUser=yes"], "0::/system.slice/facts-dynamic.service"),
+    # A template instance lives in a slice named after the template, and the names stay escaped.
+    ("facts-tmpl@a\\x2db.service", ["User=nobody"],
+     "0::/system.slice/system-facts\\x2dtmpl.slice/facts-tmpl@a\\x2db.service"),
+], ids=["user", "dynamic-user", "escaped-template-instance"])
+def test_peer_is_a_root_helper_in_the_units_cgroup(bare_container, unit, properties, cgroup):
+    c = bare_container
+    s = server(c, "close")
+    consume(c, unit, s.socket, *properties)
+    (conn,) = s.connections()
+    assert conn["name"].endswith(f"/unit/{unit}/dek")
+    assert (conn["uid"], conn["gid"]) == (0, 0)
+    assert cgroup_v2_line(conn["cgroup"]) == cgroup
+    assert conn["comm"] == "(sd-mkdcreds)"  # systemd's helper, not the unit's own process
+
+
+def test_each_credential_id_is_its_own_connection(bare_container):
+    c = bare_container
+    s = server(c, "id")
+    report = consume(c, "facts-two.service", s.socket, "User=nobody", ids=("first", "second"))
+    prefixes, names = zip(*(conn["name"].split("/", 1) for conn in s.connections()), strict=True)
+    assert sorted(names) == ["unit/facts-two.service/first", "unit/facts-two.service/second"]
+    assert len(set(prefixes)) == 2  # a fresh random address for each
+    assert report.returncode == 0
+    assert {name: head for name, (_, _, _, head) in report.files.items()} == {"first": b"first", "second": b"second"}
+
+
+# ---- what the server's reply does to the unit ----
+
+def test_closing_without_data_starts_the_unit_with_an_empty_credential(bare_container):
+    """The fail-open trap the broker must never fall into when it refuses."""
+    c = bare_container
+    s = server(c, "close")
+    report = consume(c, "facts-empty.service", s.socket, "User=nobody")
+    assert report.returncode == 0
+    assert report.files["dek"][2] == 0
+
+
+def test_more_than_1_mib_fails_the_unit_at_credentials_243(bare_container):
+    c = bare_container
+    s = server(c, f"size:{MIB + 1}")
+    report = consume(c, "facts-big.service", s.socket, "User=nobody")
+    assert report.returncode == 243
+    assert report.fs is None  # ExecStart= never ran
+    log = c.run(["journalctl", "--no-pager", "-o", "cat", "-u", "facts-big.service"]).stdout.decode()
+    assert "Failed at step CREDENTIALS" in log
+    assert "status=243/CREDENTIALS" in log
+
+
+def test_more_than_1_mib_fails_every_time(bare_container):
+    """The deny the broker uses: reliable over many starts, and fast (no timeout involved)."""
+    c = bare_container
+    s = server(c, f"size:{MIB + 1}")
+    started = time.monotonic()
+    # 30 units, 10 of them started at once.
+    results = [consume(c, f"facts-deny-{i}.service", s.socket, "User=nobody").returncode for i in range(20)]
+    units = [f"facts-deny-burst-{i}.service" for i in range(10)]
+    for unit in units:
+        c.write_file(f"/etc/systemd/system/{unit}",
+                     f"[Service]\nType=oneshot\nLoadCredential=dek:{s.socket}\nExecStart=/bin/true\n")
+    c.systemctl("daemon-reload")
+    burst = c.run(["systemctl", "start", *units], check=False, timeout=30)
+    elapsed = time.monotonic() - started
+    statuses = [c.show(u, "ExecMainStatus")["ExecMainStatus"] for u in units]
+    assert results == [243] * 20
+    assert burst.returncode != 0 and statuses == ["243"] * 10
+    assert len(s.connections()) == 30
+    assert elapsed < 30  # about 1 s here; a deny that waited for a timeout would take 90 s per unit
+
+
+def test_the_1_mib_limit_counts_the_id_and_the_data(bare_container):
+    """CREDENTIALS_TOTAL_SIZE_MAX: name and content of all of a unit's credentials share 1 MiB. So exactly
+    1 MiB of data already fails, and more than 1 MiB fails whatever the ID."""
+    c = bare_container
+    fits, too_big = server(c, f"size:{MIB - len('dek')}"), server(c, f"size:{MIB - len('dek') + 1}")
+    assert consume(c, "facts-fits.service", fits.socket).returncode == 0
+    assert consume(c, "facts-too-big.service", too_big.socket).returncode == 243
+
+
+def test_a_socket_nobody_listens_on_fails_the_unit_at_credentials(bare_container):
+    """No broker at all (socket missing, or bound without a listener) fails closed, not open."""
+    c = bare_container
+    c.run(["python3", "-c", "import socket; socket.socket(socket.AF_UNIX).bind('/run/facts-dead.sock')"])
+    assert consume(c, "facts-missing.service", "/run/facts-missing.sock").returncode == 243
+    assert consume(c, "facts-dead.service", "/run/facts-dead.sock").returncode == 243
+
+
+# ---- what the unit gets ----
+
+def test_credentials_directory_is_ramfs_0400_owned_by_the_units_user(bare_container):
+    c = bare_container
+    s = server(c, "id")
+    user = consume(c, "facts-owner.service", s.socket, "User=nobody")
+    dynamic = consume(c, "facts-owner-dynamic.service", s.socket, "DynamicUser=yes")
+    assert (user.fs, user.files["dek"][:2]) == ("ramfs", ("400", NOBODY))
+    assert dynamic.fs == "ramfs"
+    assert dynamic.files["dek"][:2] == ("400", dynamic.uid)
+    assert dynamic.uid is not None and 61184 <= dynamic.uid <= 65519  # systemd's range for dynamic users
+
+
+# ---- what a name is worth ----
+
+def test_nobody_can_bind_a_forged_abstract_name_and_connect(bare_container):
+    """Any local user can pick a peer name that looks like systemd's: only SO_PEERCRED and the cgroup tell."""
+    c = bare_container
+    s = server(c, "id")  # socket-activated sockets are 0666
+    # Random, like systemd's, and unique: abstract names are per network namespace, and this one is the host's.
+    forged = f"@{secrets.token_hex(8)}/unit/granted.service/dek"
+    p = c.run(["systemd-run", "--wait", "--pipe", "--quiet", "--property=User=nobody",
+               "python3", "-c", FORGER, forged, s.socket])
+    (conn,) = s.connections()
+    assert conn["name"] == "\0" + forged[1:]
+    assert conn["uid"] == NOBODY
+    assert p.stdout.decode().strip() == str(len("dek"))  # a server that trusted names answered it
+
+
+# ---- the prompt: the password agent protocol the tests answer the broker's prompt with ----
+
+def _ask(c: Container, unit: str, question_id: str) -> None:
+    c.run(["systemd-run", f"--unit={unit}", f"--property=StandardOutput=file:/run/{unit}.out",
+           "--property=StandardError=journal",
+           "systemd-ask-password", f"--id={question_id}", f"Passphrase for {question_id}:"])
+
+
+def _wait_until_finished(c: Container, unit: str, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while (state := c.show(unit, "ActiveState")["ActiveState"]) not in ("inactive", "failed"):
+        assert time.monotonic() < deadline, f"{unit} still {state}"
+        time.sleep(0.02)
+    return state
+
+
+def test_a_password_agent_answers_systemd_ask_password(bare_container):
+    c = bare_container
+    _ask(c, "facts-ask.service", "facts:ask")
+    question = c.answer_password(b"correct horse", timeout=10)
+    assert (question["id"], question["message"]) == ("facts:ask", "Passphrase for facts:ask:")
+    _wait_until_finished(c, "facts-ask.service")
+    assert c.read_file("/run/facts-ask.service.out") == b"correct horse\n"
+
+
+def test_a_cancelled_question_fails_systemd_ask_password(bare_container):
+    c = bare_container
+    _ask(c, "facts-cancel.service", "facts:cancel")
+    deadline = time.monotonic() + 10
+    while not (pending := c.pending_questions()):
+        assert time.monotonic() < deadline, "no question appeared"
+        time.sleep(0.02)
+    assert [q["id"] for q in pending] == ["facts:cancel"]
+    c.answer_password(b"", cancel=True, question_id="facts:cancel")
+    assert _wait_until_finished(c, "facts-cancel.service") == "failed"
+    assert c.read_file("/run/facts-cancel.service.out") == b""
+    assert c.pending_questions() == []
