@@ -11,7 +11,6 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -20,14 +19,13 @@ from typing import Annotated, Any
 import typer
 
 from unlocker import changes, config, control, grants, memory, storage
-from unlocker import rotate as rotate_module
 from unlocker.errors import InvalidInput, TpmError, UnlockerError
 from unlocker.formats import Format
-from unlocker.keystore import FormatError, Keystore, format_pcrs
+from unlocker.keystore import FormatError, Keystore
 from unlocker.memory import wipe
 from unlocker.prompt import ask_tty, read_secret_file
 from unlocker.run import run
-from unlocker.slots import EnrollOptions, Secrets, recovery, slot_type
+from unlocker.slots import EnrollOptions, Secrets, recovery
 from unlocker.unlock import Unlocked, open_keystore
 
 log = logging.getLogger("unlocker")
@@ -361,215 +359,6 @@ def status(
             print(f"{what:<9} " + ", ".join(f"{unit}: {n}" for unit, n in sorted(counts.items())))
 
 
-class RotateKind(StrEnum):
-    passphrase = "passphrase"  # noqa: S105 (a command name)
-    tpm2 = "tpm2"
-    dek = "dek"
-    kek = "kek"
-
-
-RestartConsumers = Annotated[
-    bool, typer.Option("--restart-consumers", help="Restart the granted units that are running.")
-]
-
-
-@app.command()
-def rotate(
-    ctx: typer.Context,
-    kind: Annotated[RotateKind, typer.Argument(help="What to rotate.")],
-    passphrase_file: PassphraseFile = None,
-    new_passphrase_file: NewPassphraseFile = None,
-    slot_passphrase_file: Annotated[list[str] | None, typer.Option(
-        "--slot-passphrase-file", help="kek: N=PATH, the passphrase of slot N (repeatable).")] = None,
-    drop_slot: Annotated[list[int] | None, typer.Option(
-        "--drop-slot", help="kek: do not re-create slot N (repeatable).")] = None,
-    tpm2_device: Tpm2Device = None,
-    tpm2_pcrs: Tpm2Pcrs = None,
-    kdf_time: KdfTime = 2000,
-    kdf_memory: KdfMemory = None,
-    slot: SlotOption = None,
-    restart_consumers: RestartConsumers = False,
-) -> None:
-    """passphrase: change the passphrase of the slot you unlock with (--slot N to pick it).
-    tpm2: re-seal every TPM slot to the current PCR values (after a firmware or boot-chain update).
-    dek: a new DEK version becomes primary; older versions stay available for decryption.
-    kek: a new store key; every DEK re-wrapped, every slot re-created (asks for what each slot needs)."""
-    g = _globals(ctx)
-    tcti = _tcti(g, tpm2_device)
-    options = EnrollOptions(kdf_time_ms=kdf_time, kdf_memory_kib=kdf_memory, pcrs=_pcrs(g, tpm2_pcrs))
-    with storage.locked(g.keystore):
-        if kind == RotateKind.kek:
-            before, after, opened = _rotate_kek(g, tcti, options, passphrase_file, slot,
-                                                dict(_pair(p) for p in slot_passphrase_file or []),
-                                                set(drop_slot or []))
-        else:
-            opened = _open(g, passphrase_file, tcti, slot)
-            before = opened.keystore
-            try:
-                after = _rotate_one(g, kind, opened, tcti, options, new_passphrase_file)
-            except BaseException:
-                opened.close()
-                raise
-        try:
-            rotate_module.record(kind.value, before, after)
-            print(f"rotated {kind.value}: keystore generation {before.generation} -> {after.generation}")
-            print(rotate_module.notify_broker(opened.store_key if kind == RotateKind.kek else None))
-        finally:
-            opened.close()
-    if restart_consumers:
-        _restart_consumers()
-
-
-def _pair(text: str) -> tuple[int, str]:
-    index, sep, path = text.partition("=")
-    if not sep or not index.isdigit():
-        raise InvalidInput(f"--slot-passphrase-file takes N=PATH, not {text!r}")
-    return int(index), path
-
-
-def _rotate_one(g: Globals, kind: RotateKind, opened: Unlocked, tcti: str | None, options: EnrollOptions,
-                new_passphrase_file: str | None) -> Keystore:
-    if kind == RotateKind.passphrase:
-        new = _ask(new_passphrase_file, "New passphrase: ", confirm=True)
-        try:
-            return rotate_module.passphrase(g.keystore, opened, Secrets(new, tcti), options)
-        finally:
-            wipe(new)
-    if kind == RotateKind.dek:
-        after = changes.add_dek(opened)
-        storage.write(g.keystore, after, opened.keystore.generation, lock=False)
-        print(f"DEK {after.primary().id} is now primary; earlier versions stay available as 'active'")
-        return after
-    # tpm2: re-seal every TPM slot in place (one atomic write: the old sealing or the new, never neither).
-    if tcti is None:
-        raise InvalidInput("rotate tpm2 needs a TPM: none found; pass --tpm2-device")
-    keystore = opened.keystore
-    targets = [s for s in keystore.slots if slot_type(s.type).needs_tpm]
-    if not targets:
-        raise InvalidInput("the keystore has no TPM slot to re-seal")
-    for target in targets:
-        secret = None
-        if slot_type(target.type).needs_passphrase:
-            secret = _ask(new_passphrase_file, f"Passphrase for slot {target.index} ({target.type}): ", confirm=True)
-        try:
-            keystore = changes.replace_slot(Unlocked(keystore, opened.store_key, opened.slot_index),
-                                            target.index, target.type, Secrets(secret, tcti), options)
-        finally:
-            wipe(secret)
-    storage.write(g.keystore, keystore, opened.keystore.generation, lock=False, rotate_backup=True)
-    print(f"re-sealed slot(s) {', '.join(str(t.index) for t in targets)} to PCR {format_pcrs(options.pcrs)}")
-    return keystore
-
-
-def _rotate_kek(g: Globals, tcti: str | None, options: EnrollOptions, passphrase_file: str | None,
-                slot: int | None, slot_files: dict[int, str], drop: set[int]) -> tuple[Keystore, Keystore, Unlocked]:
-    keystore = storage.read(g.keystore)
-    passphrase = _ask(passphrase_file, f"Passphrase or recovery key for {g.keystore}: ")
-    secrets: dict[int, Secrets] = {}
-    shown: list[tuple[int, bytearray]] = []
-    try:
-        try:
-            opened = open_keystore(keystore, Secrets(passphrase, tcti), only_slot=slot)
-        except FormatError as e:
-            raise storage.damaged(g.keystore, str(e)) from None
-        for s in keystore.slots:
-            kind = slot_type(s.type)
-            if s.index in drop:
-                continue
-            if s.index == opened.slot_index and s.type != "recovery":
-                secrets[s.index] = Secrets(bytearray(passphrase) if kind.needs_passphrase else None, tcti)
-            elif s.type == "recovery":
-                new_secrets, key = _new_secrets(SlotKind.recovery, None, None)
-                secrets[s.index] = new_secrets
-                assert key is not None
-                shown.append((s.index, key))
-            elif kind.needs_passphrase:
-                secret = (read_secret_file(slot_files[s.index]) if s.index in slot_files
-                          else ask_tty(f"Passphrase for slot {s.index} ({s.type}): "))
-                # Prove it is that slot's passphrase before re-creating the slot with it.
-                open_keystore(keystore, Secrets(secret, tcti), only_slot=s.index).close()
-                secrets[s.index] = Secrets(secret, tcti)
-            else:
-                if tcti is None:
-                    raise InvalidInput(f"slot {s.index} ({s.type}) needs the TPM to be re-sealed; pass "
-                                       f"--tpm2-device, or --drop-slot {s.index} to remove it")
-                secrets[s.index] = Secrets(None, tcti)
-        new = changes.new_store_key(opened, secrets, options)
-        opened.close()
-        storage.write(g.keystore, new.keystore, keystore.generation, lock=False, rotate_backup=True)
-    finally:
-        wipe(passphrase, *(x.passphrase for x in secrets.values()))
-    for index, key in shown:
-        print(f"slot {index} (recovery) has a NEW recovery key; the old one no longer opens anything:")
-        _show_recovery_key(key)
-    return keystore, new.keystore, new
-
-
-def _restart_consumers() -> None:
-    units = sorted({g.unit for g in grants.load().values()})
-    if units:
-        run(["systemctl", "try-restart", *units])
-        print(f"restarted (if running): {', '.join(units)}")
-
-
-def _confirm(question: str, yes: bool) -> None:
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise InvalidInput("this destroys or withdraws key material: confirm with --yes")
-    if input(f"{question} Type 'yes' to go on: ").strip() != "yes":
-        raise InvalidInput("nothing was changed")
-
-
-@app.command()
-def retire(
-    ctx: typer.Context,
-    dek_id: Annotated[int, typer.Argument(help="DEK version to stop delivering.")],
-    passphrase_file: PassphraseFile = None,
-    tpm2_device: Tpm2Device = None,
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
-    restart_consumers: RestartConsumers = False,
-) -> None:
-    """Stop delivering DEK version ID. It stays in the keystore (purge destroys it)."""
-    g = _globals(ctx)
-    _confirm(f"Units will no longer receive DEK {dek_id} from their next start: data still encrypted "
-             f"under it becomes unreadable to them (mariadb: key id {dek_id}).", yes)
-    _change_deks(g, passphrase_file, _tcti(g, tpm2_device), "retire", lambda o: changes.retire_dek(o, dek_id))
-    if restart_consumers:
-        _restart_consumers()
-
-
-@app.command()
-def purge(
-    ctx: typer.Context,
-    dek_id: Annotated[int, typer.Argument(help="Retired DEK version to destroy.")],
-    passphrase_file: PassphraseFile = None,
-    tpm2_device: Tpm2Device = None,
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
-) -> None:
-    """Destroy a retired DEK version for good. Data still encrypted under it is lost."""
-    g = _globals(ctx)
-    _confirm(f"DEK {dek_id} will be destroyed: anything still encrypted under it can never be decrypted "
-             "again, from this keystore or its backup.", yes)
-    _change_deks(g, passphrase_file, _tcti(g, tpm2_device), "purge", lambda o: changes.purge_dek(o, dek_id),
-                 rotate_backup=True)
-
-
-def _change_deks(g: Globals, passphrase_file: str | None, tcti: str | None, what: str,
-                 change: Callable[[Unlocked], Keystore], rotate_backup: bool = False) -> None:
-    with storage.locked(g.keystore):
-        opened = _open(g, passphrase_file, tcti, None)
-        try:
-            after = change(opened)
-            storage.write(g.keystore, after, opened.keystore.generation, lock=False, rotate_backup=rotate_backup)
-            rotate_module.record(what, opened.keystore, after)
-        finally:
-            opened.close()
-    print(f"{what}: keystore generation {opened.keystore.generation} -> {after.generation}; "
-          f"DEKs now {', '.join(f'{d.id}:{d.state}' for d in after.deks)}")
-    print(rotate_module.notify_broker())
-
-
 def _when(stamp: object) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(stamp)))  # type: ignore[arg-type]
 
@@ -680,6 +469,10 @@ def restore_backup(ctx: typer.Context) -> None:
     g = _globals(ctx)
     keystore = storage.restore_backup(g.keystore)
     print(f"restored generation {keystore.generation} from {storage.backup_path(g.keystore)}")
+
+
+# The rotation commands live in their own module; importing it registers them on `app`.
+from unlocker import cli_rotate  # noqa: E402,F401
 
 
 def main() -> None:
