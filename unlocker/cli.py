@@ -21,7 +21,7 @@ import typer
 from unlocker import changes, config, control, grants, memory, storage
 from unlocker.errors import InvalidInput, TpmError, UnlockerError
 from unlocker.formats import Format
-from unlocker.keystore import FormatError, Keystore
+from unlocker.keystore import FormatError, Keystore, format_pcrs
 from unlocker.memory import wipe
 from unlocker.prompt import ask_tty, read_secret_file
 from unlocker.run import run
@@ -155,7 +155,7 @@ def init(
         try:
             tpm.probe(tcti)
             kind = SlotKind.tpm2_passphrase
-            print(f"TPM found at {tcti}: the first slot is tpm2+passphrase (PCRs {_pcrs(g, tpm2_pcrs)})")
+            print(f"TPM found at {tcti}: the first slot is tpm2+passphrase (PCR {format_pcrs(_pcrs(g, tpm2_pcrs))})")
         except TpmError:
             if tpm2_device:
                 raise
