@@ -156,3 +156,24 @@ def test_rotate_kek_refuses_to_drop_a_slot_it_cannot_recreate(ks, cli, tmp_path)
     assert path.read_bytes() == before
     r = cli("rotate", "kek", "--passphrase-file", f["old"], "--drop-slot", "1", "--kdf-time", "20", keystore=path)
     assert r.returncode == 0 and [s.index for s in storage.read(path).slots] == [0]
+
+
+@pytest.mark.parametrize("kind", ["dek", "kek"])
+@pytest.mark.parametrize("step", STEPS)
+def test_sigkill_at_every_write_of_rotate_dek_and_kek(ks, kind, step):
+    """One atomic write each: after a kill the keystore opens with every passphrase, with the old DEKs
+    or with the new ones, never a mix."""
+    path, f = ks
+    before = open_keystore(storage.read(path), Secrets(bytearray(OLD)))
+    extra = ["--slot-passphrase-file", f"1={f['other']}", "--kdf-time", "20"] if kind == "kek" else []
+    p = subprocess.run([sys.executable, "-c", CHILD, step, "--keystore", str(path), "rotate", kind,
+                        "--passphrase-file", str(f["old"]), *extra],
+                       capture_output=True, timeout=60, env=environment_with_scrubbing())
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert opens(path, OLD) == 0 and opens(path, OTHER) == 1
+    after = open_keystore(storage.read(path), Secrets(bytearray(OLD)))
+    assert bytes(after.dek(1)) == bytes(before.dek(1))
+    # kek rotates the backup too, and writes it after the keystore: a kill there comes after the switch.
+    done = step == "keystore-renamed" or (kind == "kek" and step.startswith("backup"))
+    assert [d.id for d in after.keystore.deks] == ([1, 2] if done and kind == "dek" else [1])
+    assert (after.store_key != before.store_key) == (done and kind == "kek")
