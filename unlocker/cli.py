@@ -388,10 +388,15 @@ def grant(
         current[(unit, credential)] = new
         path = grants.write_dropin(new)
         print(f"granted {unit} credential {credential} ({fmt}); drop-in {path}")
+    _save_grants(current, no_reload)
+    print(f"the unit reads it at $CREDENTIALS_DIRECTORY/{credential} from its next start")
+
+
+def _save_grants(current: dict[tuple[str, str], grants.Grant], no_reload: bool) -> None:
+    """Write the grant list (the running broker re-reads it) and let systemd see the drop-ins."""
     grants.save(current)
     if not no_reload:
         run(["systemctl", "daemon-reload"])
-    print(f"the unit reads it at $CREDENTIALS_DIRECTORY/{credential} from its next start")
 
 
 @app.command()
@@ -403,15 +408,13 @@ def revoke(
 ) -> None:
     """Remove UNIT's grant(s) and drop-in(s). A running unit keeps what it has until it stops."""
     current = grants.load()
-    gone = [g for key, g in current.items() if g.unit == unit and credential in (None, g.credential)]
+    gone = [g for g in current.values() if g.unit == unit and credential in (None, g.credential)]
     if not gone:
         raise InvalidInput(f"{unit} has no grant" + (f" for credential {credential}" if credential else ""))
     for g in gone:
         grants.remove_dropin(g)
         del current[(g.unit, g.credential)]
-    grants.save(current)
-    if not no_reload:
-        run(["systemctl", "daemon-reload"])
+    _save_grants(current, no_reload)
     print(f"revoked {', '.join(f'{g.unit} {g.credential}' for g in gone)}; restart the unit to take the key away")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,6 @@ def test_root_outside_any_unit_gets_no_key(machine):
 
 
 def test_status_over_the_control_socket(machine):
-    import json
     info = json.loads(machine.run(["unlocker", "status", "--json"]).stdout)
     assert info["broker"]["state"] == "unlocked"
     assert "granted.service dek hex" in info["broker"]["grants"]
@@ -153,3 +153,19 @@ StandardOutput=truncate:/var/log/%n.out
         assert started.returncode == 0 and wrong == [], (started.stderr.decode()[-2000:], wrong[:5])
     finally:
         c.systemctl("stop", "stuck.service", check=False)
+
+
+def test_revoke_removes_the_grant_and_the_dropin_without_a_broker_restart(machine):
+    c = machine
+    consumer(c, "revoked.service", extra="LoadCredential=dek:/run/unlocker/credentials.sock")
+    c.run(["unlocker", "grant", "revoked.service", "--format", "hex"])
+    assert run_consumer(c, "revoked.service")[0]
+    r = c.run(["unlocker", "revoke", "revoked.service"])
+    assert b"revoked revoked.service dek" in r.stdout
+    assert not (c.root / "etc/systemd/system/revoked.service.d").exists()
+    status = json.loads(c.run(["unlocker", "status", "--json"]).stdout)
+    assert "revoked.service dek hex" not in status["broker"]["grants"]
+    c.run(["rm", "-f", "/var/log/revoked.service.out"])
+    ok, report = run_consumer(c, "revoked.service")  # still asks for the key itself: now refused
+    assert not ok and report == "" and failed_at_credentials(c, "revoked.service")
+    assert c.run(["unlocker", "revoke", "revoked.service"], check=False).returncode == 1
