@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,23 @@ def test_revoke_removes_the_grant_and_the_dropin_without_a_broker_restart(machin
     ok, report = run_consumer(c, "revoked.service")  # still asks for the key itself: now refused
     assert not ok and report == "" and failed_at_credentials(c, "revoked.service")
     assert c.run(["unlocker", "revoke", "revoked.service"], check=False).returncode == 1
+
+
+def test_a_peer_that_exits_before_the_check_is_refused(machine):
+    """Freeze the broker, let a client connect and exit, thaw the broker: it must not vouch for a dead pid
+    (which could be reused by another process) and refuses."""
+    c = machine
+    pid = c.show("unlocker.service", "MainPID")["MainPID"]
+    connect_and_exit = ('import socket; s = socket.socket(socket.AF_UNIX); '
+                        's.bind("\\0" + "0123456789abcdef/unit/granted.service/dek"); '
+                        's.connect("/run/unlocker/credentials.sock")')
+    c.run(["kill", "-STOP", pid])
+    try:
+        c.run(["python3", "-c", connect_and_exit])
+    finally:
+        c.run(["kill", "-CONT", pid])
+    deadline = time.monotonic() + 10
+    reason = "denied credential dek to granted.service: peer exited before it could be checked"
+    while reason not in journal(c, None, "MESSAGE_ID=a4e1d2c3b5f6478899aabbccddeeff01"):
+        assert time.monotonic() < deadline, journal(c, "unlocker.service")
+        time.sleep(0.1)
