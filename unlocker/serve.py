@@ -112,9 +112,7 @@ async def _serve(options: ServeOptions) -> None:
         store_key = bytearray(secret) if secret is not None else keyring.store_key()
         try:
             opened = with_store_key(storage.read(options.keystore), store_key)
-        except FormatError as e:
-            return {"ok": False, "error": str(e)}
-        except UnlockerError as e:
+        except (FormatError, UnlockerError) as e:
             return {"ok": False, "error": str(e)}
         finally:
             wipe(store_key)
