@@ -7,13 +7,13 @@ environment or a file.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 from dataclasses import dataclass
 
-from unlocker.errors import UnlockerError
-from unlocker.prompt import MAX_PASSPHRASE_BYTES, _take
+from unlocker.errors import InvalidInput, UnlockerError
+from unlocker.memory import wipe
+from unlocker.prompt import read_secret_fd
 from unlocker.run import ENV, log
 
 
@@ -39,20 +39,20 @@ def ask(message: str, options: AskOptions, attempt: int = 1) -> bytearray:
     log.debug("+ %s", " ".join(argv))
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     assert proc.stdout is not None and proc.stderr is not None
-    buf = bytearray(MAX_PASSPHRASE_BYTES + 2)
-    view = memoryview(buf)
-    filled = 0
-    fd = proc.stdout.fileno()
-    while filled < len(buf):
-        n = os.readv(fd, [view[filled:]])
-        if n == 0:
-            break
-        filled += n
-    view.release()
+    refused: InvalidInput | None = None
+    secret = None
+    try:
+        secret = read_secret_fd(proc.stdout.fileno())
+    except InvalidInput as e:  # empty (a cancelled agent prints nothing) or too long
+        refused = e
     err = proc.stderr.read().decode(errors="replace").strip()
-    if proc.wait() != 0 or filled == 0:
+    if proc.wait() != 0:
+        wipe(secret)
         raise Cancelled(f"no passphrase was given ({err or 'prompt cancelled'})")
-    return _take(buf, filled)
+    if refused is not None:
+        raise refused
+    assert secret is not None
+    return secret
 
 
 def prompt_message(attempt: int, tries: int) -> str:

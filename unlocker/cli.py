@@ -26,7 +26,7 @@ from unlocker.memory import wipe
 from unlocker.prompt import ask_tty, read_secret_file
 from unlocker.run import run
 from unlocker.slots import EnrollOptions, Secrets, recovery
-from unlocker.unlock import Unlocked, open_keystore
+from unlocker.unlock import Unlocked
 
 log = logging.getLogger("unlocker")
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -100,9 +100,7 @@ def _open(g: Globals, passphrase_file: str | None, tcti: str | None, slot: int |
         raise InvalidInput("--tpm2-only needs a TPM: none found; pass --tpm2-device")
     passphrase = None if tpm2_only else _ask(passphrase_file, f"Passphrase or recovery key for {g.keystore}: ")
     try:
-        opened = open_keystore(keystore, Secrets(passphrase, tcti), only_slot=slot)
-    except FormatError as e:
-        raise storage.damaged(g.keystore, str(e)) from None
+        opened = storage.open_from(g.keystore, keystore, Secrets(passphrase, tcti), only_slot=slot)
     finally:
         wipe(passphrase)
     for d in keystore.damaged:

@@ -36,7 +36,7 @@ from unlocker.cli import (
     app,
 )
 from unlocker.errors import InvalidInput
-from unlocker.keystore import FormatError, Keystore, format_pcrs
+from unlocker.keystore import Keystore, format_pcrs
 from unlocker.memory import wipe
 from unlocker.prompt import ask_tty, read_secret_file
 from unlocker.run import run
@@ -151,10 +151,7 @@ def _rotate_kek(g: Globals, tcti: str | None, options: EnrollOptions, passphrase
     secrets: dict[int, Secrets] = {}
     shown: list[tuple[int, bytearray]] = []
     try:
-        try:
-            opened = open_keystore(keystore, Secrets(passphrase, tcti), only_slot=slot)
-        except FormatError as e:
-            raise storage.damaged(g.keystore, str(e)) from None
+        opened = storage.open_from(g.keystore, keystore, Secrets(passphrase, tcti), only_slot=slot)
         for s in keystore.slots:
             kind = slot_type(s.type)
             if s.index in drop:

@@ -14,7 +14,6 @@ import mmap
 import os
 import resource
 import sys
-from collections.abc import Iterator
 
 _PR_SET_DUMPABLE = 4
 _SYS_MEMFD_SECRET = 447  # x86_64 and aarch64
@@ -44,15 +43,6 @@ def wipe(*buffers: bytearray | bytes | memoryview | mmap.mmap | None) -> None:
         view = memoryview(buf).cast("B")
         view[:] = bytes(len(view))
         view.release()
-
-
-@contextlib.contextmanager
-def wiped(*buffers: bytearray | bytes | None) -> Iterator[None]:
-    """Wipe the buffers when the block ends, however it ends."""
-    try:
-        yield
-    finally:
-        wipe(*buffers)
 
 
 # glibc hands a freed block to its per-thread cache (tcache) untouched; with the cache off, every free

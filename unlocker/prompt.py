@@ -36,7 +36,9 @@ def _take(buf: bytearray, filled: int) -> bytearray:
     return secret
 
 
-def _read_fd(fd: int, limit: int) -> bytearray:
+def read_secret_fd(fd: int) -> bytearray:
+    """A passphrase from a file descriptor (a file, stdin, or a helper's stdout pipe), read up to EOF."""
+    limit = MAX_PASSPHRASE_BYTES + 2  # one newline, plus one byte to detect "too long"
     buf = bytearray(limit)
     view = memoryview(buf)
     filled = 0
@@ -51,15 +53,14 @@ def _read_fd(fd: int, limit: int) -> bytearray:
 
 def read_secret_file(path: str) -> bytearray:
     """A passphrase from a file, or from stdin when path is '-'."""
-    limit = MAX_PASSPHRASE_BYTES + 2  # one newline, plus one byte to detect "too long"
     if path == "-":
-        return _read_fd(0, limit)
+        return read_secret_fd(0)
     try:
         fd = os.open(Path(path), os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise InvalidInput(f"cannot read passphrase file {path}: {e.strerror}") from None
     try:
-        return _read_fd(fd, limit)
+        return read_secret_fd(fd)
     finally:
         os.close(fd)
 

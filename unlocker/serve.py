@@ -17,7 +17,7 @@ from systemd import daemon
 
 from unlocker import ask, audit, storage
 from unlocker.broker import Broker, handle_control, listen
-from unlocker.errors import TpmLockout, UnlockerError, WrongSecret
+from unlocker.errors import UnlockerError, WrongSecret
 from unlocker.keyring import Keyring
 from unlocker.keystore import FormatError
 from unlocker.memory import harden_process, wipe
@@ -66,13 +66,10 @@ def unlock_interactively(options: ServeOptions) -> Unlocked:
         else:
             passphrase = ask.ask(ask.prompt_message(attempt, options.tries), options.ask, attempt)
         try:
-            return open_keystore(storage.read(options.keystore), Secrets(passphrase, options.tcti))
+            return storage.open_from(options.keystore, storage.read(options.keystore),
+                                     Secrets(passphrase, options.tcti))
         except WrongSecret:
             log.warning("wrong passphrase (attempt %d of %d)", attempt, options.tries)
-        except TpmLockout:
-            raise
-        except FormatError as e:
-            raise storage.damaged(options.keystore, str(e)) from None
         finally:
             wipe(passphrase)
         if options.passphrase_file is not None:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from unlocker.errors import KeystoreBusy, KeystoreDamaged, UnlockerError
 from unlocker.keystore import MAX_FILE_BYTES, FormatError, Keystore, parse
+from unlocker.slots import Secrets
+from unlocker.unlock import Unlocked, open_keystore
 
 # Tests set this to kill the process at a named step of a write; production code never does.
 fault_hook: Callable[[str], None] = lambda step: None  # noqa: E731
@@ -51,6 +53,15 @@ def damaged(path: Path, detail: str) -> KeystoreDamaged:
         error.args = (f"{error.args[0]}; the previous generation is kept in {backup_path(path)}: "
                       "'unlocker restore-backup' puts it back",)
     return error
+
+
+def open_from(path: Path, keystore: Keystore, secrets: Secrets, only_slot: int | None = None) -> Unlocked:
+    """open_keystore on a keystore read from `path`; a header that fails its MAC is reported as damage to
+    that file."""
+    try:
+        return open_keystore(keystore, secrets, only_slot=only_slot)
+    except FormatError as e:
+        raise damaged(path, str(e)) from None
 
 
 @contextlib.contextmanager
