@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tink import aead
 
 from unlocker.client import Keyring, field_aad
-from unlocker.formats import Format, KeyVersion, render
+from unlocker.client.formats import Format, KeyVersion, render
 
 N = 50_000
 FIELD = os.urandom(100)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from unlocker import changes, kdf, storage
-from unlocker.slots import EnrollOptions, Secrets
-from unlocker.unlock import open_keystore
+from unlocker.keystore import changes, kdf, storage
+from unlocker.keystore.slots import EnrollOptions, Secrets
+from unlocker.keystore.unlock import open_keystore
 
 RUNS = 5
 

@@ -19,10 +19,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from swtpm_fixture import Swtpm  # noqa: E402
 
-from unlocker import changes, kdf, tpm  # noqa: E402
-from unlocker.keystore import b64decode, parse_argon2, parse_pcrs  # noqa: E402
-from unlocker.slots import EnrollOptions, Secrets  # noqa: E402
-from unlocker.unlock import open_keystore  # noqa: E402
+from unlocker.keystore import changes, kdf  # noqa: E402
+from unlocker.keystore.fileformat import b64decode, parse_argon2, parse_pcrs  # noqa: E402
+from unlocker.keystore.slots import EnrollOptions, Secrets  # noqa: E402
+from unlocker.keystore.unlock import open_keystore  # noqa: E402
+from unlocker.tpm import esapi  # noqa: E402
 
 RUNS = 15
 PASS = b"bench passphrase"
@@ -51,21 +52,21 @@ def run(swtpm: Swtpm, work: Path) -> None:
     tcti = swtpm.tcti
     share = os.urandom(32)
     auth = os.urandom(32)
-    sealed = tpm.seal(tcti, share, auth, (7,))
+    sealed = esapi.seal(tcti, share, auth, (7,))
     out = bytearray(32)
-    seal_ms = median_ms(lambda: tpm.seal(tcti, share, auth, (7,)))
-    unseal_ms = median_ms(lambda: tpm.unseal(tcti, sealed, auth, out))
+    seal_ms = median_ms(lambda: esapi.seal(tcti, share, auth, (7,)))
+    unseal_ms = median_ms(lambda: esapi.unseal(tcti, sealed, auth, out))
 
     options = EnrollOptions(argon2=kdf.Argon2Params(64 * 1024, 3))
     opened = changes.create("tpm2+passphrase", Secrets(bytearray(PASS), tcti), options)
     keystore = opened.keystore
     slot = keystore.slot(0)
     params, salt = parse_argon2(slot.param("argon2id")), b64decode(slot.param("salt"))
-    slot_sealed = tpm.Sealed(b64decode(slot.param("public")), b64decode(slot.param("private")),
+    slot_sealed = esapi.Sealed(b64decode(slot.param("public")), b64decode(slot.param("private")),
                              parse_pcrs(slot.param("pcrs")), "sha256", True)
     stretched = kdf.argon2id(PASS, salt, params, 64)
     kdf_ms = median_ms(lambda: kdf.argon2id(PASS, salt, params, 64))
-    tpm_ms = median_ms(lambda: tpm.unseal(tcti, slot_sealed, stretched[32:], out))
+    tpm_ms = median_ms(lambda: esapi.unseal(tcti, slot_sealed, stretched[32:], out))
     total_ms = median_ms(lambda: open_keystore(keystore, Secrets(bytearray(PASS), tcti)).close())
 
     creds = [f"--tpm2-device=swtpm:port={swtpm.port}"]
@@ -90,8 +91,8 @@ def run(swtpm: Swtpm, work: Path) -> None:
 
     print(f"swtpm on loopback, median of {RUNS}")
     print(f"{'operation':<58} {'ms':>8}")
-    print(f"{'tpm.seal (primary + policy + create, all flushed)':<58} {seal_ms:>8.1f}")
-    print(f"{'tpm.unseal (primary + load + policy session + unseal)':<58} {unseal_ms:>8.1f}")
+    print(f"{'esapi.seal (primary + policy + create, all flushed)':<58} {seal_ms:>8.1f}")
+    print(f"{'esapi.unseal (primary + load + policy session + unseal)':<58} {unseal_ms:>8.1f}")
     print()
     print(f"tpm2+passphrase unlock, Argon2id m={params.memory_kib} KiB t={params.iterations}")
     print(f"{'  Argon2id (64 bytes: K1 || K2)':<58} {kdf_ms:>8.1f}")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from swtpm_fixture import fresh_swtpm, swtpm  # noqa: F401  (fixtures)
 
-from unlocker import changes, storage
-from unlocker.kdf import Argon2Params
-from unlocker.slots import EnrollOptions, Secrets
+from unlocker.keystore import changes, storage
+from unlocker.keystore.kdf import Argon2Params
+from unlocker.keystore.slots import EnrollOptions, Secrets
 
 ROOT = Path(__file__).resolve().parent.parent
 UNLOCKER = [sys.executable, "-m", "unlocker"]

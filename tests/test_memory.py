@@ -19,11 +19,11 @@ from unlocker.memory import SCRUB_TUNABLE, SecretMemory, environment_with_scrubb
 # this process's heap) and stops itself so the parent can read its memory.
 CHILD = textwrap.dedent("""
     import os, signal, sys
-    from unlocker import cli
+    from unlocker.cli.main import main
     canary = bytearray(open(sys.argv[1], "rb").read())
     sys.argv = ["unlocker", *sys.argv[2:]]
     try:
-        cli.main()
+        main()
     except SystemExit as e:
         sys.stdout.write(f"exit {e.code}\\n")
     sys.stdout.flush()

@@ -1,3 +1,3 @@
-from unlocker.cli import main
+from unlocker.cli.main import main
 
 main()

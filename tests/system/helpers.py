@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from unlocker.formats import Format, KeyVersion, render
-from unlocker.keystore import parse
-from unlocker.slots import Secrets
-from unlocker.unlock import open_keystore
+from unlocker.client.formats import Format, KeyVersion, render
+from unlocker.keystore.fileformat import parse
+from unlocker.keystore.slots import Secrets
+from unlocker.keystore.unlock import open_keystore
 
 from .container import Container
 

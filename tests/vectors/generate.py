@@ -25,10 +25,10 @@ def _det_urandom(n: int) -> bytes:
 os.urandom = _det_urandom  # type: ignore[assignment]
 time.time = lambda: 1764374400.0  # 2025-11-29T00:00:00Z
 
-from unlocker import changes, kdf  # noqa: E402
-from unlocker.keystore import b64decode, parse_argon2  # noqa: E402
-from unlocker.slots import EnrollOptions, Secrets, recovery  # noqa: E402
-from unlocker.unlock import DEK_WRAP_LABEL, MAC_LABEL  # noqa: E402
+from unlocker.keystore import changes, kdf  # noqa: E402
+from unlocker.keystore.fileformat import b64decode, parse_argon2  # noqa: E402
+from unlocker.keystore.slots import EnrollOptions, Secrets, recovery  # noqa: E402
+from unlocker.keystore.unlock import DEK_WRAP_LABEL, MAC_LABEL  # noqa: E402
 
 PASSPHRASE = b"correct horse battery staple"
 options = EnrollOptions(argon2=kdf.Argon2Params(8192, 2, 4))

@@ -1,0 +1,87 @@
+"""unlocker.client: the keyring an application reads, and field encryption with it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import pytest
+
+from unlocker.client import Keyring, KeyringError, field_aad
+from unlocker.client.formats import Format, KeyVersion, render
+
+
+def _write(tmp_path, versions):
+    (tmp_path / "dek").write_bytes(bytes(render(Format.json, versions)))
+    return tmp_path
+
+
+@pytest.fixture
+def keys():
+    return {1: os.urandom(32), 2: os.urandom(32)}
+
+
+def test_loads_what_the_broker_renders_and_round_trips(tmp_path, keys, monkeypatch):
+    _write(tmp_path, [KeyVersion(1, "primary", bytearray(keys[1]))])
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    ring = Keyring.load()
+    aad = field_aad("notes", "body", 7)
+    token = ring.encrypt(b"marker", aad)
+    assert token.startswith("uk1:1:") and b"marker" not in token.encode()
+    assert ring.decrypt(token, aad) == b"marker"
+
+
+def test_a_value_moved_to_another_row_does_not_decrypt(tmp_path, keys):
+    ring = Keyring.load(directory=_write(tmp_path, [KeyVersion(1, "primary", bytearray(keys[1]))]))
+    token = ring.encrypt(b"marker", field_aad("notes", "body", 7))
+    for aad in (field_aad("notes", "body", 8), field_aad("notes", "title", 7), field_aad("other", "body", 7)):
+        with pytest.raises(KeyringError, match="does not decrypt here"):
+            ring.decrypt(token, aad)
+
+
+def test_old_values_decrypt_after_a_dek_rotation(tmp_path, keys):
+    old = Keyring.load(directory=_write(tmp_path, [KeyVersion(1, "primary", bytearray(keys[1]))]))
+    aad = field_aad("t", "c", 1)
+    token = old.encrypt(b"written under v1", aad)
+    new = Keyring.load(directory=_write(tmp_path, [KeyVersion(1, "active", bytearray(keys[1])),
+                                                   KeyVersion(2, "primary", bytearray(keys[2]))]))
+    assert new.decrypt(token, aad) == b"written under v1"
+    assert new.encrypt(b"x", aad).startswith("uk1:2:")
+
+
+def test_retired_key_is_named(tmp_path, keys):
+    old = Keyring.load(directory=_write(tmp_path, [KeyVersion(1, "primary", bytearray(keys[1]))]))
+    token = old.encrypt(b"x", b"")
+    new = Keyring.load(directory=_write(tmp_path, [KeyVersion(2, "primary", bytearray(keys[2]))]))
+    with pytest.raises(KeyringError, match="key 1 is not in this keyring"):
+        new.decrypt(token, b"")
+
+
+def test_missing_empty_or_malformed_credentials_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(KeyringError, match="CREDENTIALS_DIRECTORY is not set"):
+        Keyring.load()
+    with pytest.raises(KeyringError, match="cannot read"):
+        Keyring.load(directory=tmp_path)
+    (tmp_path / "dek").write_bytes(b"")
+    with pytest.raises(KeyringError, match="is empty"):
+        Keyring.load(directory=tmp_path)
+    (tmp_path / "dek").write_bytes(os.urandom(32))  # a raw-format grant, not json
+    with pytest.raises(KeyringError, match="not unlocker's json format"):
+        Keyring.load(directory=tmp_path)
+    short = base64.b64encode(b"x").decode()
+    (tmp_path / "dek").write_text(json.dumps({"primary": 1, "keys": [{"id": 1, "key": short}]}))
+    with pytest.raises(KeyringError, match="not 32 bytes"):
+        Keyring.load(directory=tmp_path)
+
+
+def test_tampered_tokens_fail(tmp_path, keys):
+    ring = Keyring.load(directory=_write(tmp_path, [KeyVersion(1, "primary", bytearray(keys[1]))]))
+    token = ring.encrypt(b"marker", b"")
+    prefix, key_id, body = token.split(":")
+    raw = bytearray(base64.b64decode(body))
+    raw[-1] ^= 1
+    for bad in (f"{prefix}:{key_id}:{base64.b64encode(raw).decode()}", "uk2:1:AAAA", "uk1:x:AAAA", "uk1:1:!!"):
+        with pytest.raises(KeyringError):
+            ring.decrypt(bad, b"")

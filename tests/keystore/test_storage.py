@@ -1,0 +1,146 @@
+"""Crash safety, a full disk, concurrent writers, and the backup generation."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import FAST, write_secret
+from tiny_disk import fill
+
+from unlocker.errors import KeystoreBusy, UnlockerError
+from unlocker.keystore import storage
+from unlocker.keystore.slots import Secrets
+from unlocker.keystore.unlock import open_keystore
+from unlocker.memory import environment_with_scrubbing
+
+WRITE_STEPS = [
+    "backup-written", "backup-synced", "backup-renamed",
+    "keystore-written", "keystore-synced", "keystore-renamed",
+]
+
+# Runs `unlocker ARGS...` in this child process, SIGKILLing itself at the named write step.
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from unlocker.cli.main import main
+    from unlocker.keystore import storage
+    step = sys.argv[1]
+    def hook(name):
+        if name == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+    storage.fault_hook = hook
+    sys.argv = ["unlocker", *sys.argv[2:]]
+    main()
+""")
+
+
+def _opens(path: Path, secret: bytes) -> bool:
+    try:
+        open_keystore(storage.read(path), Secrets(bytearray(secret)))
+        return True
+    except UnlockerError:
+        return False
+
+
+@pytest.mark.parametrize("step", WRITE_STEPS)
+def test_sigkill_at_each_write_step_leaves_old_or_new(two_slot_keystore, tmp_path, step):
+    path, first, _ = two_slot_keystore
+    before = path.read_bytes()
+    new = write_secret(tmp_path / "new", b"new passphrase")
+    old = write_secret(tmp_path / "old", first)
+    p = subprocess.run(
+        [sys.executable, "-c", CHILD, step, "--keystore", str(path), "enroll", "passphrase",
+         "--passphrase-file", str(old), "--new-passphrase-file", str(new), "--kdf-time", "20"],
+        capture_output=True, timeout=60,
+        env=environment_with_scrubbing(),  # as `unlocker` re-executes itself; else the hook would be lost
+    )
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert _opens(path, first)
+    if step == "keystore-renamed":
+        assert _opens(path, b"new passphrase")
+    else:
+        assert path.read_bytes() == before
+        assert not _opens(path, b"new passphrase")
+
+
+def test_a_leftover_temp_file_from_a_crash_is_harmless(two_slot_keystore):
+    path, first, _ = two_slot_keystore
+    path.with_name(".keystore.tmp").write_bytes(b"half a file")
+    keystore = storage.read(path)
+    opened = open_keystore(keystore, Secrets(bytearray(first)))
+    from unlocker.keystore import changes
+    storage.write(path, changes.add_slot(opened, "passphrase", Secrets(bytearray(b"x")), FAST), keystore.generation)
+    assert _opens(path, b"x")
+
+
+def test_disk_full_leaves_the_keystore_byte_identical(two_slot_keystore, cli, tmp_path):
+    src, first, _ = two_slot_keystore
+    with fill(tmp_path / "tiny", [src]) as (path,):
+        before = path.read_bytes()
+        r = cli("enroll", "passphrase", "--passphrase-file", write_secret(tmp_path / "old", first),
+                "--new-passphrase-file", write_secret(tmp_path / "new", b"new"), "--kdf-time", "20", keystore=path)
+        assert r.returncode == 1
+        assert "the disk is full; the keystore is unchanged" in r.stderr and "Traceback" not in r.stderr
+        assert path.read_bytes() == before
+        assert not [p.name for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_a_second_writer_is_refused_cleanly(two_slot_keystore, cli, tmp_path):
+    path, first, _ = two_slot_keystore
+    before = path.read_bytes()
+    fd = os.open(path.with_name("keystore.lock"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        r = cli("enroll", "passphrase", "--passphrase-file", write_secret(tmp_path / "old", first),
+                "--new-passphrase-file", write_secret(tmp_path / "new", b"new"), "--kdf-time", "20", keystore=path)
+    finally:
+        os.close(fd)
+    assert r.returncode == 1 and "another unlocker command is changing" in r.stderr
+    assert path.read_bytes() == before
+
+
+def test_two_concurrent_enrolls_never_lose_a_change(two_slot_keystore, tmp_path):
+    path, first, _ = two_slot_keystore
+    old = write_secret(tmp_path / "old", first)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "unlocker", "--keystore", str(path), "enroll", "passphrase",
+             "--passphrase-file", str(old), "--new-passphrase-file", str(write_secret(tmp_path / f"n{i}", b"n%d" % i)),
+             "--kdf-time", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for i in range(2)
+    ]
+    results = [(p.wait(timeout=60), p.stderr.read().decode()) for p in procs]
+    for code, err in results:
+        assert code == 0 or (code == 1 and ("changing" in err or "changed while" in err)), err
+    winners = [i for i in range(2) if _opens(path, b"n%d" % i)]
+    assert len(winners) == sum(code == 0 for code, _ in results) >= 1
+
+
+def test_stale_generation_is_refused(two_slot_keystore):
+    path, first, _ = two_slot_keystore
+    keystore = storage.read(path)
+    opened = open_keystore(keystore, Secrets(bytearray(first)))
+    from unlocker.keystore import changes
+    storage.write(path, changes.add_slot(opened, "passphrase", Secrets(bytearray(b"a")), FAST), keystore.generation)
+    with pytest.raises(KeystoreBusy, match="changed while"):
+        storage.write(path, changes.add_slot(opened, "passphrase", Secrets(bytearray(b"b")), FAST), keystore.generation)
+
+
+def test_restore_backup_brings_back_the_previous_generation(two_slot_keystore, cli, tmp_path):
+    path, first, _ = two_slot_keystore
+    generation_1 = path.read_bytes()
+    cli("enroll", "passphrase", "--passphrase-file", write_secret(tmp_path / "old", first),
+        "--new-passphrase-file", write_secret(tmp_path / "new", b"new"), "--kdf-time", "20", keystore=path)
+    assert storage.backup_path(path).read_bytes() == generation_1
+    damaged = path.read_bytes()[:-5]
+    path.write_bytes(damaged)
+    r = cli("restore-backup", keystore=path)
+    assert r.returncode == 0, r.stderr
+    assert path.read_bytes() == generation_1
+    assert path.with_name("keystore.damaged").read_bytes() == damaged

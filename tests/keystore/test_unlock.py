@@ -1,0 +1,105 @@
+"""Opening keystores and changing slots, in-process through the library."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import FAST
+
+from unlocker.errors import InvalidInput, WrongSecret
+from unlocker.keystore import changes, storage
+from unlocker.keystore.fileformat import FormatError
+from unlocker.keystore.slots import Secrets, recovery
+from unlocker.keystore.unlock import open_keystore
+
+
+def test_each_slot_opens_to_the_same_dek(two_slot_keystore):
+    path, first, second = two_slot_keystore
+    keystore = storage.read(path)
+    a = open_keystore(keystore, Secrets(bytearray(first)))
+    b = open_keystore(keystore, Secrets(bytearray(second)))
+    assert (a.slot_index, b.slot_index) == (0, 1)
+    assert a.dek(1) == b.dek(1)
+    assert len(a.dek(1)) == 32
+
+
+def test_wrong_passphrase_is_one_generic_error(two_slot_keystore):
+    path, _, _ = two_slot_keystore
+    with pytest.raises(WrongSecret) as e:
+        open_keystore(storage.read(path), Secrets(bytearray(b"not it")))
+    assert str(e.value) == "no keyslot opened with that passphrase or key"
+
+
+def test_only_slot_restricts_the_attempt(two_slot_keystore):
+    path, first, _ = two_slot_keystore
+    with pytest.raises(WrongSecret):
+        open_keystore(storage.read(path), Secrets(bytearray(first)), only_slot=1)
+
+
+def test_recovery_key_opens_and_tolerates_case_and_spacing():
+    shown = recovery.format_key(recovery.generate())
+    opened = changes.create("recovery", Secrets(bytearray(shown)), FAST)
+    typed = bytearray(bytes(shown).upper().replace(b"-", b" "))
+    again = open_keystore(opened.keystore, Secrets(typed))
+    assert again.dek(1) == opened.dek(1)
+
+
+def test_mistyped_recovery_key_is_caught_by_its_checksum():
+    shown = recovery.format_key(recovery.generate())
+    opened = changes.create("recovery", Secrets(bytearray(shown)), FAST)
+    typo = bytearray(shown)
+    typo[0] = ord("c") if typo[0] != ord("c") else ord("b")
+    with pytest.raises(InvalidInput, match="mistyped"):
+        open_keystore(opened.keystore, Secrets(typo))
+
+
+def test_a_different_valid_recovery_key_is_a_wrong_secret():
+    opened = changes.create("recovery", Secrets(recovery.format_key(recovery.generate())), FAST)
+    with pytest.raises(WrongSecret):
+        open_keystore(opened.keystore, Secrets(recovery.format_key(recovery.generate())))
+
+
+def test_adding_a_slot_leaves_deks_untouched_and_advances_the_generation(two_slot_keystore):
+    path, first, _ = two_slot_keystore
+    before = storage.read(path)
+    opened = open_keystore(before, Secrets(bytearray(first)))
+    after = changes.add_slot(opened, "passphrase", Secrets(bytearray(b"third")), FAST)
+    assert after.deks == before.deks
+    assert after.slots[:2] == before.slots
+    assert after.generation == before.generation + 1
+    assert open_keystore(after, Secrets(bytearray(b"third"))).slot_index == 2
+
+
+def test_wipe_slot_refuses_the_slot_that_unlocked(two_slot_keystore):
+    path, first, _ = two_slot_keystore
+    opened = open_keystore(storage.read(path), Secrets(bytearray(first)))
+    with pytest.raises(InvalidInput, match="the slot you unlocked with"):
+        changes.remove_slot(opened, 0)
+
+
+def test_wipe_slot_refuses_the_last_slot():
+    opened = changes.create("passphrase", Secrets(bytearray(b"only")), FAST)
+    with pytest.raises(InvalidInput, match="never open again"):
+        changes.remove_slot(opened, 0)
+
+
+def test_wiped_slot_no_longer_opens(two_slot_keystore):
+    path, first, second = two_slot_keystore
+    opened = open_keystore(storage.read(path), Secrets(bytearray(second)))
+    keystore = changes.remove_slot(opened, 0)
+    with pytest.raises(WrongSecret):
+        open_keystore(keystore, Secrets(bytearray(first)))
+
+
+def test_damaged_slot_is_skipped_and_can_be_wiped(two_slot_keystore):
+    path, first, second = two_slot_keystore
+    data = bytearray(path.read_bytes())
+    data[data.index(b"slot 0 ") + 40] ^= 0x01
+    path.write_bytes(bytes(data))
+    keystore = storage.read(path)
+    assert [d.index for d in keystore.damaged] == [0]
+    with pytest.raises(FormatError, match="damaged"):
+        open_keystore(keystore, Secrets(bytearray(first)))
+    opened = open_keystore(keystore, Secrets(bytearray(second)))
+    repaired = changes.remove_slot(opened, 0)
+    assert repaired.damaged == () and [s.index for s in repaired.slots] == [1]
+    assert open_keystore(repaired, Secrets(bytearray(second))).dek(1) == opened.dek(1)

@@ -1,0 +1,140 @@
+"""What every command module shares: the one typer app, the global options, the option types declared
+once, and the helpers that find the TPM, ask for secrets and open the keystore."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from unlocker import config
+from unlocker.errors import InvalidInput
+from unlocker.keystore import storage
+from unlocker.keystore.fileformat import Keystore
+from unlocker.keystore.slots import Secrets, recovery
+from unlocker.keystore.unlock import Unlocked
+from unlocker.memory import wipe
+from unlocker.secret_input import ask_tty, read_secret_file
+
+log = logging.getLogger("unlocker")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+class SlotKind(StrEnum):
+    passphrase = "passphrase"  # noqa: S105 (a slot type name, not a password)
+    recovery = "recovery"
+    tpm2 = "tpm2"
+    tpm2_passphrase = "tpm2+passphrase"  # noqa: S105
+    systemd_creds_passphrase = "systemd-creds+passphrase"  # noqa: S105
+
+
+@dataclass(frozen=True)
+class Globals:
+    keystore: Path
+    config: config.Config
+
+
+def globals_of(ctx: typer.Context) -> Globals:
+    obj: Globals = ctx.obj
+    return obj
+
+
+# Options shared by several commands, declared once.
+PassphraseFile = Annotated[
+    str | None, typer.Option("--passphrase-file", help="Read the passphrase (or recovery key) from PATH, - for stdin.")
+]
+NewPassphraseFile = Annotated[
+    str | None, typer.Option("--new-passphrase-file", help="Read the new passphrase from PATH.")
+]
+Tpm2Device = Annotated[str | None, typer.Option("--tpm2-device", help="TPM TCTI, e.g. device:/dev/tpmrm0.")]
+Tpm2Pcrs = Annotated[str | None, typer.Option("--tpm2-pcrs", help="PCRs to bind TPM slots to, e.g. 7 or 0,7.")]
+KdfTime = Annotated[int, typer.Option("--kdf-time", help="Argon2id target time in ms.")]
+KdfMemory = Annotated[int | None, typer.Option("--kdf-memory", help="Argon2id memory cap in KiB.")]
+SlotOption = Annotated[int | None, typer.Option("--slot", help="Only try this keyslot.")]
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    keystore: Annotated[Path, typer.Option("--keystore", help="Keystore file.")] = config.KEYSTORE,
+    debug: Annotated[bool, typer.Option("--debug", help="Log debug messages; show tracebacks.")] = False,
+) -> None:
+    """Keep a data key encrypted at rest; hand it only to the systemd units you grant."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
+    ctx.obj = Globals(keystore=keystore, config=config.load())
+
+
+def tpm_device(g: Globals, option: str | None) -> str | None:
+    """The TPM to use: the option, the config file, or the kernel's resource manager when present."""
+    if option or g.config.tpm2_device:
+        return option or g.config.tpm2_device
+    return config.DEFAULT_TCTI if Path("/dev/tpmrm0").exists() else None
+
+
+def pcr_list(g: Globals, option: str | None) -> tuple[int, ...]:
+    return config.parse_pcr_list(option) if option else g.config.tpm2_pcrs
+
+
+def ask_secret(passphrase_file: str | None, prompt: str, confirm: bool = False) -> bytearray:
+    if passphrase_file is not None:
+        return read_secret_file(passphrase_file)
+    return ask_tty(prompt, confirm=confirm)
+
+
+def open_store(g: Globals, passphrase_file: str | None, tcti: str | None, slot: int | None,
+          tpm2_only: bool = False) -> Unlocked:
+    keystore = storage.read(g.keystore)
+    if tpm2_only and tcti is None:
+        raise InvalidInput("--tpm2-only needs a TPM: none found; pass --tpm2-device")
+    passphrase = None if tpm2_only else ask_secret(passphrase_file, f"Passphrase or recovery key for {g.keystore}: ")
+    try:
+        opened = storage.open_from(g.keystore, keystore, Secrets(passphrase, tcti), only_slot=slot)
+    finally:
+        wipe(passphrase)
+    for d in keystore.damaged:
+        print(f"unlocker: warning: slot {d.index} is damaged; remove it with 'unlocker wipe-slot {d.index}' "
+              "and enroll a new one", file=sys.stderr)
+    return opened
+
+
+def new_secrets(kind: SlotKind, new_passphrase_file: str | None, tcti: str | None) -> tuple[Secrets, bytearray | None]:
+    """The secrets for a new slot, and the recovery key to show (once) when one was generated."""
+    if kind in (SlotKind.tpm2, SlotKind.tpm2_passphrase, SlotKind.systemd_creds_passphrase) and tcti is None:
+        raise InvalidInput(f"a {kind} slot needs a TPM: none found; pass --tpm2-device")
+    if kind == SlotKind.recovery:
+        key = recovery.generate()
+        shown = recovery.format_key(key)
+        wipe(key)
+        return Secrets(bytearray(shown), tcti), shown
+    if kind == SlotKind.tpm2:
+        return Secrets(None, tcti), None
+    return Secrets(ask_secret(new_passphrase_file, "New passphrase: ", confirm=True), tcti), None
+
+
+def show_recovery_key(shown: bytearray) -> None:
+    sys.stdout.write("Recovery key (shown once; write it down and keep it away from this machine):\n\n    ")
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), bytes(shown) + b"\n\n")
+    wipe(shown)
+
+
+def slot_info(keystore: Keystore) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for s in keystore.slots:
+        row: dict[str, object] = {"slot": s.index, "type": s.type}
+        params = dict(s.params)
+        if "argon2id" in params:
+            m, t, p = (int(x) for x in params["argon2id"].split(","))
+            row["kdf"] = {"algorithm": "argon2id", "memory_kib": m, "iterations": t, "lanes": p}
+        if "pcrs" in params:
+            row["tpm2"] = {"pcrs": params["pcrs"], "bank": params["bank"]}
+        if s.type == "systemd-creds+passphrase":
+            row["note"] = "systemd-creds takes no PIN: the TPM does not count wrong passphrases"
+        rows.append(row)
+    return rows

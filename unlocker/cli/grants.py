@@ -1,0 +1,64 @@
+"""grant and revoke: which units receive the key, as which credential."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from unlocker.cli.common import (
+    app,
+)
+from unlocker.client.formats import Format
+from unlocker.errors import InvalidInput
+from unlocker.run import run
+from unlocker.service import grants
+
+log = logging.getLogger("unlocker")
+
+@app.command()
+def grant(
+    ctx: typer.Context,
+    units: Annotated[list[str], typer.Argument(help="Service unit(s), e.g. mariadb.service.")],
+    credential: Annotated[str, typer.Option("--credential", help="Credential id in the unit.")] = "dek",
+    fmt: Annotated[Format, typer.Option("--format", help="How the key is written.")] = Format.raw,
+    no_reload: Annotated[bool, typer.Option("--no-reload", help="Do not run systemctl daemon-reload.")] = False,
+) -> None:
+    """Allow UNIT to receive the key as credential ID, and write its systemd drop-in."""
+    for unit in units:
+        grants.check(unit, credential)
+    current = grants.load()
+    for unit in units:
+        new = grants.Grant(unit, credential, fmt)
+        current[(unit, credential)] = new
+        path = grants.write_dropin(new)
+        print(f"granted {unit} credential {credential} ({fmt}); drop-in {path}")
+    _save_grants(current, no_reload)
+    print(f"the unit reads it at $CREDENTIALS_DIRECTORY/{credential} from its next start")
+
+
+def _save_grants(current: dict[tuple[str, str], grants.Grant], no_reload: bool) -> None:
+    """Write the grant list (the running broker re-reads it) and let systemd see the drop-ins."""
+    grants.save(current)
+    if not no_reload:
+        run(["systemctl", "daemon-reload"])
+
+
+@app.command()
+def revoke(
+    ctx: typer.Context,
+    unit: Annotated[str, typer.Argument(help="Service unit.")],
+    credential: Annotated[str | None, typer.Option("--credential", help="Only this credential id.")] = None,
+    no_reload: Annotated[bool, typer.Option("--no-reload", help="Do not run systemctl daemon-reload.")] = False,
+) -> None:
+    """Remove UNIT's grant(s) and drop-in(s). A running unit keeps what it has until it stops."""
+    current = grants.load()
+    gone = [g for g in current.values() if g.unit == unit and credential in (None, g.credential)]
+    if not gone:
+        raise InvalidInput(f"{unit} has no grant" + (f" for credential {credential}" if credential else ""))
+    for g in gone:
+        grants.remove_dropin(g)
+        del current[(g.unit, g.credential)]
+    _save_grants(current, no_reload)
+    print(f"revoked {', '.join(f'{g.unit} {g.credential}' for g in gone)}; restart the unit to take the key away")

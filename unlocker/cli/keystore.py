@@ -1,0 +1,195 @@
+"""Commands on the keystore file: init, enroll, slots, wipe-slot, unlock --check, restore-backup."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated
+
+import typer
+
+from unlocker.cli.common import (
+    KdfMemory,
+    KdfTime,
+    NewPassphraseFile,
+    PassphraseFile,
+    SlotKind,
+    SlotOption,
+    Tpm2Device,
+    Tpm2Pcrs,
+    app,
+    globals_of,
+    new_secrets,
+    open_store,
+    pcr_list,
+    show_recovery_key,
+    slot_info,
+    tpm_device,
+)
+from unlocker.errors import TpmError, UnlockerError
+from unlocker.keystore import changes, storage
+from unlocker.keystore.fileformat import FormatError, format_pcrs
+from unlocker.keystore.slots import EnrollOptions
+from unlocker.keystore.unlock import Unlocked
+from unlocker.memory import wipe
+from unlocker.service import control
+
+log = logging.getLogger("unlocker")
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    passphrase_file: PassphraseFile = None,
+    no_tpm2: Annotated[bool, typer.Option("--no-tpm2", help="Passphrase slots only, even with a TPM.")] = False,
+    tpm2_device: Tpm2Device = None,
+    tpm2_pcrs: Tpm2Pcrs = None,
+    kdf_time: KdfTime = 2000,
+    kdf_memory: KdfMemory = None,
+    recovery_key: Annotated[bool, typer.Option("--recovery-key", help="Also add a recovery-key slot.")] = False,
+) -> None:
+    """Create the keystore with DEK version 1 and its first keyslot(s)."""
+    g = globals_of(ctx)
+    if g.keystore.exists():
+        raise UnlockerError(f"a keystore already exists at {g.keystore}; refusing to overwrite it")
+    tcti = None if no_tpm2 else tpm_device(g, tpm2_device)
+    kind = SlotKind.passphrase
+    if tcti is not None:
+        from unlocker.tpm import esapi
+
+        try:
+            esapi.probe(tcti)
+            kind = SlotKind.tpm2_passphrase
+            print(f"TPM found at {tcti}: the first slot is tpm2+passphrase (PCR {format_pcrs(pcr_list(g, tpm2_pcrs))})")
+        except TpmError:
+            if tpm2_device:
+                raise
+            print(f"no TPM answered at {tcti}: the first slot is a passphrase slot")
+    options = EnrollOptions(kdf_time_ms=kdf_time, kdf_memory_kib=kdf_memory, pcrs=pcr_list(g, tpm2_pcrs))
+    secrets, _ = new_secrets(kind, passphrase_file, tcti)
+    try:
+        opened = changes.create(kind.value, secrets, options)
+    finally:
+        wipe(secrets.passphrase)
+    shown = None
+    try:
+        keystore = opened.keystore
+        if recovery_key:
+            rsecrets, shown = new_secrets(SlotKind.recovery, None, None)
+            keystore = changes.add_slot(Unlocked(keystore, opened.store_key, 0), "recovery", rsecrets, options)
+            wipe(rsecrets.passphrase)
+        g.keystore.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        storage.write(g.keystore, keystore, expected_generation=None)
+    finally:
+        opened.close()
+    print(f"created {g.keystore} with DEK version 1 and {len(keystore.slots)} slot(s)")
+    if shown is not None:
+        show_recovery_key(shown)
+
+
+@app.command()
+def enroll(
+    ctx: typer.Context,
+    kind: Annotated[SlotKind, typer.Argument(help="Kind of keyslot to add.")],
+    passphrase_file: PassphraseFile = None,
+    new_passphrase_file: NewPassphraseFile = None,
+    tpm2_device: Tpm2Device = None,
+    tpm2_pcrs: Tpm2Pcrs = None,
+    kdf_time: KdfTime = 2000,
+    kdf_memory: KdfMemory = None,
+    slot: SlotOption = None,
+) -> None:
+    """Add a keyslot. Unlocks with an existing slot first."""
+    g = globals_of(ctx)
+    tcti = tpm_device(g, tpm2_device)
+    opened = open_store(g, passphrase_file, tcti, slot)
+    try:
+        secrets, shown = new_secrets(kind, new_passphrase_file, tcti)
+        options = EnrollOptions(kdf_time_ms=kdf_time, kdf_memory_kib=kdf_memory, pcrs=pcr_list(g, tpm2_pcrs))
+        try:
+            keystore = changes.add_slot(opened, kind.value, secrets, options)
+        finally:
+            wipe(secrets.passphrase)
+        storage.write(g.keystore, keystore, opened.keystore.generation)
+    finally:
+        opened.close()
+    added = max(s.index for s in keystore.slots if s.index not in {o.index for o in opened.keystore.slots})
+    print(f"added slot {added} ({kind.value})")
+    if shown is not None:
+        show_recovery_key(shown)
+
+
+@app.command()
+def slots(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the keyslots (no secrets)."""
+    keystore = storage.read(globals_of(ctx).keystore)
+    rows = slot_info(keystore)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        detail = ""
+        if "kdf" in row:
+            k = row["kdf"]
+            assert isinstance(k, dict)
+            detail += f"  argon2id m={k['memory_kib']}KiB t={k['iterations']} p={k['lanes']}"
+        if "tpm2" in row:
+            t = row["tpm2"]
+            assert isinstance(t, dict)
+            detail += f"  pcrs={t['pcrs']} ({t['bank']})"
+        if "note" in row:
+            detail += f"  ({row['note']})"
+        print(f"{row['slot']:>3}  {row['type']:<16}{detail}")
+
+
+@app.command("wipe-slot")
+def wipe_slot(
+    ctx: typer.Context,
+    index: Annotated[int, typer.Argument(help="Slot to remove.")],
+    passphrase_file: PassphraseFile = None,
+    tpm2_device: Tpm2Device = None,
+    slot: SlotOption = None,
+) -> None:
+    """Remove a keyslot. Unlock with another slot to prove it works; the last slot is never removed."""
+    g = globals_of(ctx)
+    opened = open_store(g, passphrase_file, tpm_device(g, tpm2_device), slot)
+    try:
+        keystore = changes.remove_slot(opened, index)
+        storage.write(g.keystore, keystore, opened.keystore.generation)
+    finally:
+        opened.close()
+    print(f"wiped slot {index}; {len(keystore.slots)} slot(s) left")
+
+
+@app.command()
+def unlock(
+    ctx: typer.Context,
+    check: Annotated[bool, typer.Option("--check", help="Only verify that the secret opens the keystore.")] = False,
+    passphrase_file: PassphraseFile = None,
+    tpm2_device: Tpm2Device = None,
+    slot: SlotOption = None,
+    tpm2_only: Annotated[bool, typer.Option("--tpm2-only", help="Try the TPM-only slots, no passphrase.")] = False,
+) -> None:
+    """With --check: verify a passphrase (exit 2 when it does not open). Without: have the running broker
+    unlock again after 'unlocker lock' (it asks through systemd-ask-password)."""
+    g = globals_of(ctx)
+    if not check:
+        reply = control.request("unlock", timeout=None)
+        print(f"broker unlocked (keystore generation {reply.get('generation')})")
+        return
+    opened = open_store(g, passphrase_file, tpm_device(g, tpm2_device), slot, tpm2_only)
+    try:
+        for dek in opened.keystore.deks:
+            wipe(opened.dek(dek.id))  # proves every DEK unwraps, not just the store key
+    except FormatError as e:
+        raise storage.damaged(g.keystore, str(e)) from None
+    finally:
+        opened.close()
+    print(f"slot {opened.slot_index} opens {g.keystore} (generation {opened.keystore.generation})")
+
+
+@app.command("restore-backup")
+def restore_backup(ctx: typer.Context) -> None:
+    """Put back the previous keystore generation (kept at every write); the current file is kept as .damaged."""
+    g = globals_of(ctx)
+    keystore = storage.restore_backup(g.keystore)
+    print(f"restored generation {keystore.generation} from {storage.backup_path(g.keystore)}")

@@ -1,0 +1,155 @@
+"""Reading and writing the keystore file, crash-safe, one writer at a time.
+
+A write (cryptsetup's LUKS2 habits): take the lock, check the file is still the generation the caller
+read, keep the current file as the backup (the one previous generation), write the new content beside
+the file, fsync, rename over it, fsync the directory. A crash at any point leaves a file that opens
+with the old content or the new; a failure leaves it byte-identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from unlocker.errors import KeystoreBusy, KeystoreDamaged, UnlockerError
+from unlocker.keystore.fileformat import MAX_FILE_BYTES, FormatError, Keystore, parse
+from unlocker.keystore.slots import Secrets
+from unlocker.keystore.unlock import Unlocked, open_keystore
+
+# Tests set this to kill the process at a named step of a write; production code never does.
+fault_hook: Callable[[str], None] = lambda step: None  # noqa: E731
+
+
+def backup_path(path: Path) -> Path:
+    return path.with_name(path.name + ".bak")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with open(path, "rb", buffering=0) as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise UnlockerError(f"no keystore at {path}; create one with 'unlocker init'") from None
+    except PermissionError:
+        raise UnlockerError(f"cannot read {path}: permission denied (run as root)") from None
+    return data
+
+
+def read(path: Path) -> Keystore:
+    """Parse the keystore at path. Raises KeystoreDamaged with advice when it does not parse."""
+    try:
+        return parse(_read_bytes(path))
+    except FormatError as e:
+        raise damaged(path, str(e)) from None
+
+
+def damaged(path: Path, detail: str) -> KeystoreDamaged:
+    error = KeystoreDamaged(path, detail)
+    if backup_path(path).exists():
+        error.args = (f"{error.args[0]}; the previous generation is kept in {backup_path(path)}: "
+                      "'unlocker restore-backup' puts it back",)
+    return error
+
+
+def open_from(path: Path, keystore: Keystore, secrets: Secrets, only_slot: int | None = None) -> Unlocked:
+    """open_keystore on a keystore read from `path`; a header that fails its MAC is reported as damage to
+    that file."""
+    try:
+        return open_keystore(keystore, secrets, only_slot=only_slot)
+    except FormatError as e:
+        raise damaged(path, str(e)) from None
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Exclusive lock on <keystore>.lock. Refuses at once (no queueing of secret-changing commands)."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise KeystoreBusy(f"another unlocker command is changing {path}; try again when it is done") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace(path: Path, data: bytes, step: str) -> None:
+    """Atomically make path hold data: temp file beside it, fsync, rename, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            fault_hook(f"{step}-written")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fault_hook(f"{step}-synced")
+        os.rename(tmp, path)
+        fault_hook(f"{step}-renamed")
+        _fsync_dir(path.parent)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
+        raise UnlockerError(f"cannot write {path}: {reason}; the keystore is unchanged") from None
+
+
+def write(path: Path, new: Keystore, expected_generation: int | None, *, lock: bool = True,
+          rotate_backup: bool = False) -> None:
+    """Replace the keystore with `new`, keeping the current file as the backup.
+
+    expected_generation is the generation the caller read (None when creating): if the file moved on
+    since, another command changed it and this write is refused rather than losing that change.
+    lock=False when the caller already holds locked(path) (a rotation holds it from start to end).
+    rotate_backup: after a secret was rotated, the backup must not keep opening with the old secret,
+    so it becomes a copy of the new generation instead of the previous one.
+    """
+    with locked(path) if lock else contextlib.nullcontext():
+        if expected_generation is None:
+            if path.exists():
+                raise UnlockerError(f"a keystore already exists at {path}; refusing to overwrite it")
+        else:
+            current = _read_bytes(path)
+            try:
+                generation = parse(current).generation
+            except FormatError as e:
+                raise damaged(path, str(e)) from None
+            if generation != expected_generation:
+                raise KeystoreBusy(f"{path} changed while this command ran; run it again")
+            if not rotate_backup:
+                _replace(backup_path(path), current, "backup")
+        data = new.serialize()
+        _replace(path, data, "keystore")
+        if rotate_backup:
+            _replace(backup_path(path), data, "backup")
+
+
+def restore_backup(path: Path) -> Keystore:
+    """Put the backup generation back. The current file, damaged or not, is kept as <name>.damaged."""
+    with locked(path):
+        backup = backup_path(path)
+        try:
+            keystore = parse(_read_bytes(backup))
+        except FormatError as e:
+            raise KeystoreDamaged(backup, str(e)) from None
+        if path.exists():
+            _replace(path.with_name(path.name + ".damaged"), _read_bytes(path), "damaged")
+        _replace(path, keystore.serialize(), "restore")
+        return keystore

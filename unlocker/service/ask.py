@@ -1,0 +1,61 @@
+"""Asking for the passphrase at boot through systemd-ask-password, so every password agent works:
+the console, plymouth, wall, and `systemd-tty-ask-password-agent` over ssh.
+
+The passphrase comes back on a pipe and is read with readv into a bytearray; it is never in argv, the
+environment or a file.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from dataclasses import dataclass
+
+from unlocker.errors import InvalidInput, UnlockerError
+from unlocker.memory import wipe
+from unlocker.run import ENV, log
+from unlocker.secret_input import read_secret_fd
+
+
+@dataclass(frozen=True)
+class AskOptions:
+    keyname: str | None = None  # cache in / read from the kernel keyring under this name (e.g. cryptsetup)
+    accept_cached: bool = False  # reuse a passphrase already typed at boot (e.g. for LUKS)
+    timeout_s: int = 0  # 0: wait for ever
+
+
+class Cancelled(UnlockerError):
+    """Nobody answered: the agent cancelled or the prompt timed out."""
+
+
+def ask(message: str, options: AskOptions, attempt: int = 1) -> bytearray:
+    argv = ["systemd-ask-password", "--id=unlocker:keystore", "--icon=drive-harddisk",
+            f"--timeout={options.timeout_s}", "--echo=no"]
+    if options.keyname:
+        argv.append(f"--keyname={options.keyname}")
+    if options.accept_cached and attempt == 1:
+        argv.append("--accept-cached")
+    argv.append(message)
+    log.debug("+ %s", " ".join(argv))
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    assert proc.stdout is not None and proc.stderr is not None
+    refused: InvalidInput | None = None
+    secret = None
+    try:
+        secret = read_secret_fd(proc.stdout.fileno())
+    except InvalidInput as e:  # empty (a cancelled agent prints nothing) or too long
+        refused = e
+    err = proc.stderr.read().decode(errors="replace").strip()
+    if proc.wait() != 0:
+        wipe(secret)
+        raise Cancelled(f"no passphrase was given ({err or 'prompt cancelled'})")
+    if refused is not None:
+        raise refused
+    assert secret is not None
+    return secret
+
+
+def prompt_message(attempt: int, tries: int) -> str:
+    host = socket.gethostname()
+    again = f" (attempt {attempt} of {tries})" if attempt > 1 else ""
+    return f"Passphrase for the unlocker keystore on {host}{again}:"

@@ -1,0 +1,115 @@
+"""Which units may have the key, in which credential and format, and the systemd drop-ins that
+request it.
+
+The grant list is /etc/unlocker/grants, one grant a line: "<unit> <credential id> <format>". The broker
+re-reads it when it changes, so grant/revoke take effect without a restart. Each grant has a drop-in,
+/etc/systemd/system/<unit>.d/50-unlocker-<id>.conf, that makes the unit load the credential from the
+broker, start after (and only with) unlocker.service, and refuse to start on an empty credential.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from unlocker.client.formats import Format
+from unlocker.errors import InvalidInput
+from unlocker.service.peer import MAX_ADDRESS_BYTES, is_unit_name
+
+GRANTS_FILE = Path("/etc/unlocker/grants")
+UNIT_DIR = Path("/etc/systemd/system")
+CREDENTIAL_SOCKET = Path("/run/unlocker/credentials.sock")
+
+# "\0" + 16 hex digits of randomness + "/unit/" + unit + "/" + id: what systemd binds.
+_ADDRESS_OVERHEAD = 1 + 16 + len("/unit/") + 1
+
+
+@dataclass(frozen=True)
+class Grant:
+    unit: str
+    credential: str
+    format: Format
+
+    def line(self) -> str:
+        return f"{self.unit} {self.credential} {self.format}"
+
+
+def check(unit: str, credential: str) -> None:
+    if not is_unit_name(unit) or not unit.endswith(".service"):
+        raise InvalidInput(f"{unit!r} is not a service unit name (like mariadb.service or php-fpm@app.service)")
+    if not credential or "/" in credential or credential in (".", "..") or not credential.isascii():
+        raise InvalidInput(f"{credential!r} is not a valid credential id")
+    if _ADDRESS_OVERHEAD + len(unit) + len(credential) > MAX_ADDRESS_BYTES:
+        raise InvalidInput(
+            f"unit name and credential id are too long together ({len(unit) + len(credential)} characters): "
+            f"systemd's request address must fit in 108 bytes; keep them under "
+            f"{MAX_ADDRESS_BYTES - _ADDRESS_OVERHEAD} characters"
+        )
+
+
+def parse(text: str) -> dict[tuple[str, str], Grant]:
+    grants: dict[tuple[str, str], Grant] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) != 3 or fields[2] not in Format.__members__:
+            raise InvalidInput(f"{GRANTS_FILE} line {number}: expected '<unit> <credential> <format>'")
+        check(fields[0], fields[1])
+        grant = Grant(fields[0], fields[1], Format(fields[2]))
+        grants[(grant.unit, grant.credential)] = grant
+    return grants
+
+
+def load(path: Path = GRANTS_FILE) -> dict[tuple[str, str], Grant]:
+    try:
+        return parse(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def save(grants: dict[tuple[str, str], Grant], path: Path = GRANTS_FILE) -> None:
+    text = "# unit credential format (managed by 'unlocker grant' and 'unlocker revoke')\n"
+    text += "".join(g.line() + "\n" for g in sorted(grants.values(), key=lambda g: (g.unit, g.credential)))
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o644)
+    os.rename(tmp, path)
+
+
+def dropin_path(grant: Grant, unit_dir: Path = UNIT_DIR) -> Path:
+    return unit_dir / f"{grant.unit}.d" / f"50-unlocker-{grant.credential}.conf"
+
+
+def dropin(grant: Grant, socket: Path = CREDENTIAL_SOCKET) -> str:
+    # Requires= + After=: the unit waits for the unlock and never starts without the broker. The
+    # ExecStartPre= check closes systemd's fail-open path: a credential socket that closes without data
+    # gives the unit an EMPTY credential, and it would start.
+    return (
+        "# Written by 'unlocker grant'; removed by 'unlocker revoke'.\n"
+        "[Unit]\n"
+        "Requires=unlocker.service\n"
+        "After=unlocker.service\n"
+        "\n"
+        "[Service]\n"
+        f"LoadCredential={grant.credential}:{socket}\n"
+        f"ExecStartPre=/usr/bin/test -s %d/{grant.credential}\n"
+    )
+
+
+def write_dropin(grant: Grant, unit_dir: Path = UNIT_DIR) -> Path:
+    path = dropin_path(grant, unit_dir)
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path.write_text(dropin(grant))
+    return path
+
+
+def remove_dropin(grant: Grant, unit_dir: Path = UNIT_DIR) -> None:
+    path = dropin_path(grant, unit_dir)
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()  # only when empty

@@ -1,0 +1,152 @@
+"""`unlocker serve`, the boot service: listen, unlock, report READY=1, serve credentials until stopped.
+
+The sockets are bound before the unlock, so units that ask early are refused (fail closed) rather than
+left hanging, and `unlocker status` answers while the prompt waits. After `unlocker lock`, an `unlock`
+request on the control socket prompts again without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from systemd import daemon
+
+from unlocker.errors import UnlockerError, WrongSecret
+from unlocker.keystore import storage
+from unlocker.keystore.fileformat import FormatError
+from unlocker.keystore.slots import Secrets, slot_type
+from unlocker.keystore.unlock import Unlocked, open_keystore, with_store_key
+from unlocker.memory import harden_process, wipe
+from unlocker.run import log
+from unlocker.secret_input import read_secret_file
+from unlocker.service import ask, audit
+from unlocker.service.broker import Broker, handle_control, listen
+from unlocker.service.keyring import Keyring
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    keystore: Path
+    run_dir: Path
+    tcti: str | None
+    tries: int = 3
+    ask: ask.AskOptions = field(default_factory=ask.AskOptions)
+    passphrase_file: str | None = None  # for tests and scripted demos; the prompt is the normal path
+
+
+def notify(status: str, ready: bool = False) -> None:
+    daemon.notify(("READY=1\n" if ready else "") + f"STATUS={status}")
+
+
+def _unlock_without_prompt(options: ServeOptions) -> Unlocked | None:
+    """A TPM-only slot unlocks unattended when the TPM agrees; any failure falls back to the prompt."""
+    keystore = storage.read(options.keystore)
+    if options.tcti is None or not any(not slot_type(s.type).needs_passphrase for s in keystore.slots):
+        return None
+    try:
+        return open_keystore(keystore, Secrets(None, options.tcti))
+    except UnlockerError as e:
+        log.warning("TPM-only unlock failed, asking for the passphrase: %s", e)
+        return None
+
+
+def unlock_interactively(options: ServeOptions) -> Unlocked:
+    """Ask until a passphrase opens the keystore, at most `tries` times. Stops at once on a TPM
+    lockout: every further guess would only extend it."""
+    opened = _unlock_without_prompt(options)
+    if opened is not None:
+        return opened
+    for attempt in range(1, options.tries + 1):
+        notify(f"waiting for the passphrase (attempt {attempt} of {options.tries})")
+        if options.passphrase_file is not None:
+            passphrase = read_secret_file(options.passphrase_file)
+        else:
+            passphrase = ask.ask(ask.prompt_message(attempt, options.tries), options.ask, attempt)
+        try:
+            return storage.open_from(options.keystore, storage.read(options.keystore),
+                                     Secrets(passphrase, options.tcti))
+        except WrongSecret:
+            log.warning("wrong passphrase (attempt %d of %d)", attempt, options.tries)
+        finally:
+            wipe(passphrase)
+        if options.passphrase_file is not None:
+            break
+    raise WrongSecret(f"no keyslot opened after {options.tries} attempt(s); restart unlocker.service to try again")
+
+
+async def _serve(options: ServeOptions) -> None:
+    keyring = Keyring()
+    broker = Broker(keyring)
+    loop = asyncio.get_running_loop()
+    options.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    credentials = await listen(options.run_dir / "credentials.sock", broker.handle_credential, mode=0o600)
+    control = await listen(options.run_dir / "control.sock",
+                           lambda r, w: handle_control(broker, r, w), mode=0o600)
+    unlocking = asyncio.Lock()
+
+    async def unlock() -> dict[str, object]:
+        if unlocking.locked():
+            return {"ok": False, "error": "an unlock is already waiting for the passphrase"}
+        async with unlocking:
+            opened = await loop.run_in_executor(None, unlock_interactively, options)
+            try:
+                keyring.load(opened)
+            finally:
+                opened.close()
+            broker.state_since = time.time()
+            audit.state_changed("unlocked", f"keystore generation {keyring.generation} via slot {opened.slot_index}")
+            notify(f"unlocked (keystore generation {keyring.generation}); serving credentials")
+            return {"ok": True, "state": "unlocked", "generation": keyring.generation}
+
+    async def control_reload(request: dict[str, object], secret: bytearray | None) -> dict[str, object]:
+        """Take a new keystore generation without asking for the passphrase: the broker still holds the
+        store key (or, after `rotate kek`, is handed the new one)."""
+        if not keyring.unlocked:
+            return {"ok": True, "state": "locked"}
+        store_key = bytearray(secret) if secret is not None else keyring.store_key()
+        try:
+            opened = with_store_key(storage.read(options.keystore), store_key)
+        except (FormatError, UnlockerError) as e:
+            return {"ok": False, "error": str(e)}
+        finally:
+            wipe(store_key)
+        old = keyring.generation
+        try:
+            keyring.load(opened)
+        finally:
+            opened.close()
+        audit.state_changed("unlocked", f"took keystore generation {keyring.generation} (was {old})")
+        notify(f"unlocked (keystore generation {keyring.generation}); serving credentials")
+        return {"ok": True, "state": "unlocked", "generation": keyring.generation}
+
+    async def control_unlock(request: dict[str, object], secret: bytearray | None) -> dict[str, object]:
+        if keyring.unlocked:
+            return {"ok": True, "state": "unlocked", "generation": keyring.generation}
+        try:
+            return await unlock()
+        except UnlockerError as e:
+            return {"ok": False, "error": str(e)}
+
+    broker.control_handlers["unlock"] = control_unlock
+    broker.control_handlers["reload"] = control_reload
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await unlock()
+        daemon.notify("READY=1")
+        await stop.wait()
+    finally:
+        keyring.lock()
+        credentials.close()
+        control.close()
+        daemon.notify("STOPPING=1")
+
+
+def serve(options: ServeOptions) -> None:
+    harden_process()
+    asyncio.run(_serve(options))
