@@ -8,8 +8,8 @@ The file is optional, INI-style:
 
     [prompt]
     tries = 3
-    keyname = cryptsetup
-    accept-cached = yes
+    accept-cached = yes      # try the passphrase the initrd cached (initramfs/README.md), once
+    keyname = cryptsetup     # the kernel keyring key it is cached under (the default)
 """
 
 from __future__ import annotations
@@ -32,8 +32,13 @@ class Config:
     tpm2_device: str | None = None  # None: /dev/tpmrm0 when it exists
     tpm2_pcrs: tuple[int, ...] = (7,)
     tries: int = 3  # passphrase attempts at boot
-    keyname: str | None = None  # systemd-ask-password --keyname (e.g. cryptsetup)
-    accept_cached: bool = False  # systemd-ask-password --accept-cached
+    keyname: str | None = None  # the kernel keyring key the initrd caches the LUKS passphrase under
+    accept_cached: bool = False  # try that cached passphrase once before prompting
+
+    @property
+    def cached_keyname(self) -> str | None:
+        """The key to read the initrd's cached passphrase from, or None to always prompt."""
+        return (self.keyname or "cryptsetup") if self.accept_cached else None
 
 
 def parse_pcr_list(text: str) -> tuple[int, ...]:

@@ -53,7 +53,10 @@ NSPAWN_OPTIONS = [
     # The broker locks its memory and uses memfd_secret(2): nspawn's default capability set and seccomp
     # filter allow neither, a real server allows both.
     "--capability=CAP_IPC_LOCK",
-    "--system-call-filter=memfd_secret @memlock",
+    # The same for the kernel keyring, where the initrd caches the LUKS passphrase. Keyrings are not
+    # namespaced: the container's root shares root's user keyring with the host, so tests that add keys
+    # use names of their own and remove them.
+    "--system-call-filter=memfd_secret @memlock @keyring",
     # The host's network namespace is shared on purpose: a swtpm on the host's loopback is reachable from
     # inside. So are abstract AF_UNIX names, which live in the network namespace.
 ]

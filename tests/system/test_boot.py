@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import pytest
 
@@ -135,3 +136,78 @@ ExecStart=/bin/true
     time.sleep(0.3)
     assert c.systemctl("start", "victim.service", check=False).returncode != 0
     assert failed_at_credentials(c, "victim.service")
+
+
+def _ask_password_argv(c) -> list[str]:
+    for pid in c.run(["pgrep", "-x", "systemd-ask-pas"], check=False).stdout.decode().split():
+        return c.read_file(f"/proc/{pid}/cmdline").decode().split("\0")
+    raise AssertionError("no systemd-ask-password process")
+
+
+def test_the_prompt_never_pushes_into_the_kernel_keyring(container):
+    # With accept-cached configured and nothing cached, unlocker prompts. systemd-ask-password must run
+    # without --keyname, which would push the typed passphrase into root's keyring for 150 s.
+    c = container
+    setup(c, [("granted.service", "dek", "raw")])
+    c.write_file("/etc/unlocker/unlocker.conf", "[prompt]\naccept-cached = yes\n")
+    c.systemctl("start", "--no-block", "unlocker.service")
+    deadline = time.monotonic() + 20
+    while not c.pending_questions():
+        assert time.monotonic() < deadline, journal(c, "unlocker.service")
+        time.sleep(0.05)
+    argv = _ask_password_argv(c)
+    assert argv[0].endswith("systemd-ask-password"), argv
+    assert not any(a.startswith(("--keyname", "--accept-cached")) for a in argv), argv
+    c.answer_password(PASSPHRASE)
+    wait_active(c, "unlocker.service")
+    assert "no cached passphrase under 'cryptsetup'" in journal(c, "unlocker.service")
+    assert "(prompt)" in journal(c, None, "-t", "unlocker")  # the audit record names the source
+
+
+def test_the_unit_asks_before_user_sessions_with_a_shared_keyring(container):
+    # The console agent is stopped once systemd-user-sessions.service starts (systemd 252): the unit must
+    # ask before it. KeyringMode=shared lets it read root's user keyring. The real boot: tests/vm/.
+    c = container
+    c.run(["unlocker", "install", "--no-enable"])
+    shown = c.show("unlocker.service", "Before", "KeyringMode")
+    assert "systemd-user-sessions.service" in shown["Before"].split()
+    assert shown["KeyringMode"] == "shared"
+
+
+# Adds `payload` to root's user keyring as an initrd would (keyrings are shared with the host: a name of
+# our own, a timeout, and removed at the end), prints the key's serial.
+ADD_KEY = """import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+payload = sys.stdin.buffer.read()
+serial = libc.syscall(248, b"user", sys.argv[1].encode(), payload, len(payload), -4)  # add_key to @u
+assert serial > 0
+libc.syscall(250, 15, ctypes.c_long(serial), ctypes.c_uint(120))  # KEYCTL_SET_TIMEOUT
+print(serial)
+"""
+
+
+@pytest.mark.parametrize("keyring_mode", ["shared", "private"])
+def test_the_initrds_cached_passphrase_unlocks_without_a_prompt(container, keyring_mode):
+    # After a typo at the LUKS prompt the cache holds typo\0right: unlocker takes the last entry. With the
+    # default KeyringMode=private (what the unit had before) the service cannot see root's user keyring.
+    c = container
+    setup(c, [("granted.service", "dek", "raw")])
+    keyname = f"unlocker-test-{uuid.uuid4().hex[:12]}"
+    c.write_file("/etc/unlocker/unlocker.conf", f"[prompt]\naccept-cached = yes\nkeyname = {keyname}\n")
+    if keyring_mode == "private":
+        c.write_file("/etc/systemd/system/unlocker.service.d/private.conf", "[Service]\nKeyringMode=private\n")
+        c.systemctl("daemon-reload")
+    serial = c.run(["python3", "-c", ADD_KEY, keyname], input=b"typo\0" + PASSPHRASE).stdout.decode().strip()
+    try:
+        c.systemctl("start", "--no-block", "unlocker.service")
+        if keyring_mode == "shared":
+            wait_active(c, "unlocker.service")
+            assert c.pending_questions() == []
+            assert "(cached passphrase)" in journal(c, None, "-t", "unlocker")
+            assert run_consumer(c, "granted.service")[0]
+        else:
+            c.answer_password(PASSPHRASE)
+            wait_active(c, "unlocker.service")
+            assert f"no cached passphrase under '{keyname}'" in journal(c, "unlocker.service")
+    finally:
+        c.run(["python3", "-c", f"import ctypes; ctypes.CDLL(None).syscall(250, 21, {serial})"], check=False)

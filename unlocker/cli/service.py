@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -78,13 +79,25 @@ def status(
               f"{t['manufacturer']}, lockout counter {t['lockout_counter']} of {t['max_tries']}"
               + (" (IN LOCKOUT)" if t["in_lockout"] else "")))
     broker = info["broker"]
-    print(f"broker    {broker.get('state')}" + (f" since {_when(broker.get('since'))}" if broker.get("since") else ""))
+    print(f"broker    {broker.get('state')}" + (f" since {_when(broker.get('since'))}" if broker.get("since") else "")
+          + (f" by {broker['unlocked_by']}" if broker.get("unlocked_by") else ""))
+    if broker.get("memory"):
+        print(f"memory    {MEMORY_NOTES.get(broker['memory'], broker['memory'])}")
     for line in broker.get("grants", []):
         print(f"grant     {line}")
     for what in ("deliveries", "denials"):
         counts = broker.get(what) or {}
         if counts:
             print(f"{what:<9} " + ", ".join(f"{unit}: {n}" for unit, n in sorted(counts.items())))
+
+
+# Which protection the broker's keys have, and what to do when it is not the best one.
+MEMORY_NOTES = {
+    "memfd_secret": "memfd_secret: keys outside the kernel's direct map, never swapped or dumped",
+    "mlock": "mlock: keys locked in RAM and left out of core dumps; memfd_secret is off "
+             "(before Linux 6.5 add secretmem.enable=1 to the kernel command line)",
+    "unlocked": "not locked in RAM (RLIMIT_MEMLOCK too low: raise LimitMEMLOCK=); left out of core dumps",
+}
 
 
 def _when(stamp: object) -> str:
@@ -105,8 +118,10 @@ def serve(
     tpm2_device: Tpm2Device = None,
     tries: Annotated[int, typer.Option("--tries", help="Passphrase attempts before giving up.")] = 3,
     passphrase_file: PassphraseFile = None,
-    keyname: Annotated[str | None, typer.Option("--keyname", help="Kernel keyring name to cache under.")] = None,
-    accept_cached: Annotated[bool, typer.Option("--accept-cached", help="Reuse a cached passphrase.")] = False,
+    keyname: Annotated[str | None, typer.Option(
+        "--keyname", help="Kernel keyring key the initrd cached the passphrase under (default cryptsetup).")] = None,
+    accept_cached: Annotated[bool, typer.Option(
+        "--accept-cached", help="Try the initrd's cached passphrase once before prompting (never writes it).")] = False,
 ) -> None:
     """The boot service: prompt, unlock, serve credentials, answer the control socket."""
     from unlocker.service import serve as serve_module
@@ -116,7 +131,8 @@ def serve(
     cfg = g.config
     options = serve_module.ServeOptions(
         keystore=g.keystore, run_dir=config.RUN_DIR, tcti=tpm_device(g, tpm2_device), tries=tries or cfg.tries,
-        ask=AskOptions(keyname=keyname or cfg.keyname, accept_cached=accept_cached or cfg.accept_cached),
+        ask=AskOptions(cached_keyname=replace(cfg, keyname=keyname or cfg.keyname,
+                                              accept_cached=accept_cached or cfg.accept_cached).cached_keyname),
         passphrase_file=passphrase_file,
     )
     serve_module.serve(options)
@@ -126,22 +142,50 @@ def serve(
 def install(
     ctx: typer.Context,
     enable: Annotated[bool, typer.Option("--enable/--no-enable", help="Enable unlocker.service.")] = True,
+    initramfs: Annotated[bool, typer.Option(
+        "--initramfs", help="Also set up one prompt at boot for LUKS and unlocker (initramfs-tools hook).")] = False,
 ) -> None:
     """Put unlocker.service, its tmpfiles.d entry and directories in place on this machine."""
-    source = installed_units_dir()
-    Path("/etc/systemd/system/unlocker.service").write_text((source / "unlocker.service").read_text())
+    source = installed_data_dir()
+    Path("/etc/systemd/system/unlocker.service").write_text((source / "units/unlocker.service").read_text())
     Path("/etc/tmpfiles.d").mkdir(parents=True, exist_ok=True)
-    Path("/etc/tmpfiles.d/unlocker.conf").write_text((source / "unlocker.conf.tmpfiles").read_text())
+    Path("/etc/tmpfiles.d/unlocker.conf").write_text((source / "units/unlocker.conf.tmpfiles").read_text())
     run(["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/unlocker.conf"])
     run(["systemctl", "daemon-reload"])
     if enable:
         run(["systemctl", "enable", "unlocker.service"])
     print("installed unlocker.service" + (" (enabled)" if enable else ""))
+    if initramfs:
+        _install_initramfs(source / "initramfs")
 
 
-def installed_units_dir() -> Path:
-    """units/ of a source checkout, or the copy the wheel installs under <prefix>/share/unlocker."""
-    for candidate in (Path(__file__).resolve().parents[2] / "units", Path(sys.prefix) / "share/unlocker/units"):
-        if (candidate / "unlocker.service").exists():
+# Where `install --initramfs` puts the initramfs-tools pieces (a package ships them under /usr/share).
+INITRAMFS_HOOK = Path("/etc/initramfs-tools/hooks/unlocker")
+KEYSCRIPT = Path("/usr/local/lib/unlocker/initramfs-keyscript")
+
+
+def _install_initramfs(source: Path) -> None:
+    """initramfs-tools: the hook and the keyscript, then update-initramfs. dracut needs nothing:
+    systemd-cryptsetup in its initrd caches the passphrase by itself (initramfs/README.md)."""
+    if Path("/usr/share/initramfs-tools/hook-functions").exists():
+        for src, dst in ((source / "initramfs-tools/hooks/unlocker", INITRAMFS_HOOK),
+                         (source / "initramfs-tools/keyscript", KEYSCRIPT)):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(src.read_bytes())
+            dst.chmod(0o755)
+        print(f"installed {INITRAMFS_HOOK} and {KEYSCRIPT}")
+        print(f"in /etc/crypttab, add keyscript={KEYSCRIPT} to the options of the volume opened at boot")
+        run(["update-initramfs", "-u"])
+        print("rebuilt the initramfs (update-initramfs -u)")
+    if Path("/usr/bin/dracut").exists():
+        print("dracut: nothing to install; systemd-cryptsetup in the initrd caches the passphrase for 150 s")
+    print("then set, in /etc/unlocker/unlocker.conf: [prompt] accept-cached = yes  (initramfs/README.md: "
+          "one shared passphrase makes the LUKS header an offline test for it)")
+
+
+def installed_data_dir() -> Path:
+    """A source checkout (units/, initramfs/), or the copy the wheel installs under <prefix>/share/unlocker."""
+    for candidate in (Path(__file__).resolve().parents[2], Path(sys.prefix) / "share/unlocker"):
+        if (candidate / "units/unlocker.service").exists():
             return candidate
     raise UnlockerError("unit files not found; reinstall unlocker")

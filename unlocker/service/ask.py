@@ -2,7 +2,8 @@
 the console, plymouth, wall, and `systemd-tty-ask-password-agent` over ssh.
 
 The passphrase comes back on a pipe and is read with readv into a bytearray; it is never in argv, the
-environment or a file.
+environment or a file. `--keyname` is never passed: systemd-ask-password would push every answer into
+root's kernel keyring for 150 s. A passphrase the initrd cached is read by cached_passphrase.py instead.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from unlocker.secret_input import read_secret_fd
 
 @dataclass(frozen=True)
 class AskOptions:
-    keyname: str | None = None  # cache in / read from the kernel keyring under this name (e.g. cryptsetup)
-    accept_cached: bool = False  # reuse a passphrase already typed at boot (e.g. for LUKS)
+    cached_keyname: str | None = None  # first try the initrd's cached passphrase under this name (read only)
     timeout_s: int = 0  # 0: wait for ever
 
 
@@ -28,14 +28,9 @@ class Cancelled(UnlockerError):
     """Nobody answered: the agent cancelled or the prompt timed out."""
 
 
-def ask(message: str, options: AskOptions, attempt: int = 1) -> bytearray:
+def ask(message: str, options: AskOptions) -> bytearray:
     argv = ["systemd-ask-password", "--id=unlocker:keystore", "--icon=drive-harddisk",
-            f"--timeout={options.timeout_s}", "--echo=no"]
-    if options.keyname:
-        argv.append(f"--keyname={options.keyname}")
-    if options.accept_cached and attempt == 1:
-        argv.append("--accept-cached")
-    argv.append(message)
+            f"--timeout={options.timeout_s}", "--echo=no", message]
     log.debug("+ %s", " ".join(argv))
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     assert proc.stdout is not None and proc.stderr is not None

@@ -37,9 +37,9 @@ def denied(unit: str | None, credential: str | None, reason: str, pid: int | Non
           peer_pid=pid if pid is not None else "", peer_uid=uid if uid is not None else "")
 
 
-def state_changed(state: str, detail: str) -> None:
+def state_changed(state: str, detail: str, **fields: object) -> None:
     _send(f"broker {state}: {detail}", UNLOCKED if state == "unlocked" else LOCKED, journal.LOG_NOTICE,
-          state=state, detail=detail)
+          state=state, detail=detail, **fields)
 
 
 def rotated(what: str, old_generation: int, new_generation: int, by: str) -> None:

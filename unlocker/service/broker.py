@@ -100,6 +100,7 @@ class Broker:
         self.grants_file = grants_file
         self.stats = Stats()
         self.state_since = time.time()
+        self.unlocked_by: str | None = None  # tpm2, cached passphrase, prompt or passphrase file
         self._grants: dict[tuple[str, str], grants.Grant] = {}
         self._grants_stamp: tuple[int, int] | None = None
         self.control_handlers: dict[str, object] = {}
@@ -182,6 +183,7 @@ class Broker:
             "since": self.state_since,
             "generation": self.keyring.generation,
             "memory": self.keyring.memory_kind,
+            "unlocked_by": self.unlocked_by if self.keyring.unlocked else None,
             "grants": [g.line() for g in self.current_grants().values()],
             "deliveries": dict(self.stats.deliveries),
             "denials": dict(self.stats.denials),

@@ -23,7 +23,7 @@ from unlocker.keystore.unlock import Unlocked, open_keystore, with_store_key
 from unlocker.memory import harden_process, wipe
 from unlocker.run import log
 from unlocker.secret_input import read_secret_file
-from unlocker.service import ask, audit
+from unlocker.service import ask, audit, cached_passphrase
 from unlocker.service.broker import Broker, handle_control, listen
 from unlocker.service.keyring import Keyring
 
@@ -54,21 +54,44 @@ def _unlock_without_prompt(options: ServeOptions) -> Unlocked | None:
         return None
 
 
-def unlock_interactively(options: ServeOptions) -> Unlocked:
-    """Ask until a passphrase opens the keystore, at most `tries` times. Stops at once on a TPM
-    lockout: every further guess would only extend it."""
+def _unlock_from_cache(options: ServeOptions) -> Unlocked | None:
+    """The passphrase the initrd cached (the last entry, tried once: a wrong one costs a TPM try on a
+    tpm2+passphrase slot). None, and the prompt follows, when there is none or it does not open."""
+    keyname = options.ask.cached_keyname
+    if keyname is None:
+        return None
+    passphrase = cached_passphrase.read_cached(keyname)
+    if passphrase is None:
+        return None
+    try:
+        return storage.open_from(options.keystore, storage.read(options.keystore), Secrets(passphrase, options.tcti))
+    except WrongSecret:
+        log.warning("the passphrase cached under %r does not open the keystore; asking", keyname)
+        return None
+    finally:
+        wipe(passphrase)
+
+
+def unlock_interactively(options: ServeOptions) -> tuple[Unlocked, str]:
+    """Unlock, and say how: unattended through the TPM, from the initrd's cached passphrase, or at the
+    prompt, asking at most `tries` times. Stops at once on a TPM lockout: every further guess would only
+    extend it."""
     opened = _unlock_without_prompt(options)
     if opened is not None:
-        return opened
+        return opened, "tpm2"
+    opened = _unlock_from_cache(options)
+    if opened is not None:
+        return opened, "cached passphrase"
     for attempt in range(1, options.tries + 1):
         notify(f"waiting for the passphrase (attempt {attempt} of {options.tries})")
         if options.passphrase_file is not None:
             passphrase = read_secret_file(options.passphrase_file)
         else:
-            passphrase = ask.ask(ask.prompt_message(attempt, options.tries), options.ask, attempt)
+            passphrase = ask.ask(ask.prompt_message(attempt, options.tries), options.ask)
         try:
-            return storage.open_from(options.keystore, storage.read(options.keystore),
-                                     Secrets(passphrase, options.tcti))
+            opened = storage.open_from(options.keystore, storage.read(options.keystore),
+                                       Secrets(passphrase, options.tcti))
+            return opened, "passphrase file" if options.passphrase_file is not None else "prompt"
         except WrongSecret:
             log.warning("wrong passphrase (attempt %d of %d)", attempt, options.tries)
         finally:
@@ -92,13 +115,14 @@ async def _serve(options: ServeOptions) -> None:
         if unlocking.locked():
             return {"ok": False, "error": "an unlock is already waiting for the passphrase"}
         async with unlocking:
-            opened = await loop.run_in_executor(None, unlock_interactively, options)
+            opened, source = await loop.run_in_executor(None, unlock_interactively, options)
             try:
                 keyring.load(opened)
             finally:
                 opened.close()
-            broker.state_since = time.time()
-            audit.state_changed("unlocked", f"keystore generation {keyring.generation} via slot {opened.slot_index}")
+            broker.state_since, broker.unlocked_by = time.time(), source
+            audit.state_changed("unlocked", f"keystore generation {keyring.generation} via slot {opened.slot_index} "
+                                f"({source})", source=source)
             notify(f"unlocked (keystore generation {keyring.generation}); serving credentials")
             return {"ok": True, "state": "unlocked", "generation": keyring.generation}
 
