@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import select
@@ -52,10 +53,19 @@ def peer_of(sock: socket.socket) -> Peer:
 
 
 def _peer_pidfd(sock: socket.socket, pid: int) -> int:
+    """A pidfd for the process that connected. Raises OSError when there is none to be had.
+
+    Only a kernel that lacks SO_PEERPIDFD (before 6.5: ENOPROTOOPT) falls back to pidfd_open(pid), with
+    the pid-reuse window docs/THREAT-MODEL.md describes. Any other error (EINVAL for a peer that already
+    exited, on 6.5-6.15) means the pid may now name another process, perhaps one of the granted unit,
+    while whoever connected still holds the socket: refuse rather than look the pid up.
+    """
     try:
         return struct.unpack("i", sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4))[0]
-    except OSError:
-        return os.pidfd_open(pid)  # older kernels: a small window for pid reuse remains
+    except OSError as e:
+        if e.errno != errno.ENOPROTOOPT:
+            raise
+    return os.pidfd_open(pid)
 
 
 def verify(sock: socket.socket, peer: Peer, request: Request) -> None:
@@ -64,8 +74,10 @@ def verify(sock: socket.socket, peer: Peer, request: Request) -> None:
         raise PeerError(f"peer uid {peer.uid} is not 0 (only systemd itself requests credentials)")
     try:
         pidfd = _peer_pidfd(sock, peer.pid)
-    except OSError:
-        raise PeerError("peer exited before it could be checked") from None
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.ESRCH):
+            raise PeerError("peer exited before it could be checked") from None
+        raise PeerError(f"no pidfd for the peer ({e.strerror}), so its pid proves nothing") from None
     try:
         try:
             cgroup = Path(f"/proc/{peer.pid}/cgroup").read_text()

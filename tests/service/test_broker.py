@@ -1,0 +1,61 @@
+"""The broker's checks on a credential peer, short of a booted systemd (tests/system/test_broker.py)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from unlocker.service.broker import Peer, _peer_pidfd, verify
+from unlocker.service.peer import PeerError, Request
+
+REQUEST = Request("granted.service", "dek")
+
+
+def _pidfd_pid(pidfd: int) -> int:
+    for line in Path(f"/proc/self/fdinfo/{pidfd}").read_text().splitlines():
+        if line.startswith("Pid:"):
+            return int(line.split()[1])
+    raise AssertionError("not a pidfd")
+
+
+def test_a_socket_without_a_peer_pidfd_is_refused_not_looked_up_by_pid():
+    # A real SO_PEERPIDFD error other than "no such option": an AF_UNIX socket that never connected has
+    # no peer, and the kernel answers ENODATA. The pid we pass is a live process (this one); falling back
+    # to pidfd_open(pid) would vouch for it, as it would for a reused pid after the real peer exited.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        with pytest.raises(OSError) as raised:
+            _peer_pidfd(sock, os.getpid())
+        assert raised.value.errno == errno.ENODATA
+        with pytest.raises(PeerError, match="no pidfd for the peer"):
+            verify(sock, Peer(os.getpid(), 0, 0, b""), REQUEST)
+
+
+class _SockoptFails:
+    """A socket whose SO_PEERPIDFD fails with a given errno. A mock, because neither fault can be produced
+    on the test kernel (6.18): it has the option (no ENOPROTOOPT), and since 6.16 it returns a pidfd for a
+    peer that already exited instead of EINVAL (which 6.5-6.15 return)."""
+
+    def __init__(self, error: int) -> None:
+        self.error = error
+
+    def getsockopt(self, *args: object) -> bytes:
+        raise OSError(self.error, os.strerror(self.error))
+
+
+def test_a_kernel_without_so_peerpidfd_falls_back_to_pidfd_open():
+    pidfd = _peer_pidfd(_SockoptFails(errno.ENOPROTOOPT), os.getpid())  # type: ignore[arg-type]
+    try:
+        assert _pidfd_pid(pidfd) == os.getpid()
+    finally:
+        os.close(pidfd)
+
+
+def test_a_peer_that_exited_on_6_5_to_6_15_is_refused():
+    with pytest.raises(OSError):
+        _peer_pidfd(_SockoptFails(errno.EINVAL), os.getpid())  # type: ignore[arg-type]
+    with pytest.raises(PeerError, match="peer exited before it could be checked"):
+        verify(_SockoptFails(errno.EINVAL), Peer(os.getpid(), 0, 0, b""), REQUEST)  # type: ignore[arg-type]
