@@ -30,6 +30,12 @@ def test_template_and_escaped_names_parse():
     b"\0ab/unit/a b.service/dek",
     b"\0ab/unit/noext/dek",
     b"\0ab/unit/a.service/d\xffk",
+    b"\0ab/unit/foo@.service/dek",              # a template never runs, so never asks
+    b"\0ab/unit/a.service/a b",
+    b"\0ab/unit/a.service/a\nb",
+    b"\0ab/unit/a.service/a%b",
+    b"\0ab/unit/a.service/a:b",
+    b"\0ab/unit/a.service/a\\b",
 ])
 def test_malformed_addresses_are_refused(address):
     with pytest.raises(PeerError):

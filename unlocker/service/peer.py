@@ -13,9 +13,17 @@ import re
 from dataclasses import dataclass
 
 # systemd's unit name rules (unit-name.c): [a-zA-Z0-9:_.\\-@] plus "\\x" escapes, at most 255 bytes,
-# a single '@' for templates. Credential ids: no '/', not empty, not "." or "..".
-_UNIT = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.(service|socket|mount|swap|timer|path|scope)")
-_CREDENTIAL = re.compile(r"[A-Za-z0-9_.\-:@+]{1,255}")
+# a single '@' for templates. Only instances run, so only they request credentials or can be granted:
+# "foo@.service" (a template without an instance) is refused.
+_UNIT = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]+)?\.(service|socket|mount|swap|timer|path|scope)")
+
+# The one credential id rule, for the grant list, `unlocker grant` and the request address alike. systemd
+# 252 accepts more (credential_name_valid(): a file name with no control character and no ':'), but in a
+# unit file "%" is a specifier, "\\" an escape and whitespace a separator, so such ids could be granted and
+# never delivered, or would inject lines into the drop-in. The first character excludes ".", ".." and
+# hidden files, and a "-" that the drop-in's `test -s` could read as an option.
+CREDENTIAL_ID_RULE = "1 to 64 of A-Z a-z 0-9 _ . -, not starting with '.' or '-'"
+_CREDENTIAL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _ADDRESS = re.compile(r"\0([0-9a-f]+)/unit/([^/]+)/([^/]+)")
 
 # The address must fit sockaddr_un's 108 bytes; systemd fails longer ones with "Protocol error", so
@@ -46,13 +54,17 @@ def parse_address(address: str | bytes) -> Request:
     unit, credential = m.group(2), m.group(3)
     if not is_unit_name(unit):
         raise PeerError("peer address names an invalid unit")
-    if not _CREDENTIAL.fullmatch(credential) or credential in (".", ".."):
+    if not is_credential_id(credential):
         raise PeerError("peer address names an invalid credential id")
     return Request(unit, credential)
 
 
 def is_unit_name(name: str) -> bool:
     return len(name) <= 255 and _UNIT.fullmatch(name) is not None
+
+
+def is_credential_id(name: str) -> bool:
+    return _CREDENTIAL.fullmatch(name) is not None
 
 
 def cgroup_path(proc_cgroup: str) -> str | None:
