@@ -8,8 +8,13 @@ import socket
 from pathlib import Path
 
 import pytest
+from conftest import FAST
 
-from unlocker.service.broker import Peer, _peer_pidfd, verify
+from unlocker.client.formats import Format
+from unlocker.keystore import changes
+from unlocker.keystore.slots import Secrets
+from unlocker.service.broker import Broker, Peer, _peer_pidfd, verify
+from unlocker.service.keyring import Keyring
 from unlocker.service.peer import PeerError, Request
 
 REQUEST = Request("granted.service", "dek")
@@ -59,3 +64,36 @@ def test_a_peer_that_exited_on_6_5_to_6_15_is_refused():
         _peer_pidfd(_SockoptFails(errno.EINVAL), os.getpid())  # type: ignore[arg-type]
     with pytest.raises(PeerError, match="peer exited before it could be checked"):
         verify(_SockoptFails(errno.EINVAL), Peer(os.getpid(), 0, 0, b""), REQUEST)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """An unlocked broker whose grant list is tmp_path/grants."""
+    keyring = Keyring()
+    opened = changes.create("passphrase", Secrets(bytearray(b"broker test")), FAST)
+    try:
+        keyring.load(opened)
+    finally:
+        opened.close()
+    yield Broker(keyring, tmp_path / "grants")
+    keyring.lock()
+
+
+def test_a_grant_list_that_does_not_parse_leaves_no_grant_in_force(broker, caplog):
+    granted, revoked = Request("granted.service", "dek"), Request("revoked.service", "dek")
+    broker.grants_file.write_text("granted.service dek hex\nrevoked.service dek raw\n")
+    assert broker.decide(granted)[0] is not None
+    assert broker.decide(revoked)[0] is not None
+    # One edit revokes a unit and leaves a bad line: the revocation must not be lost behind the old list.
+    broker.grants_file.write_text("granted.service dek hex\nnew.service a%b raw\n")
+    for request in (granted, revoked):
+        grant, reason = broker.decide(request)
+        assert grant is None
+        assert reason.startswith("the grant list does not parse (") and "line 2" in reason
+    assert "NO grant is in force and every credential request is refused" in caplog.text
+    assert broker.status()["grants"] == [] and "line 2" in str(broker.status()["grants_error"])
+    broker.grants_file.write_text("granted.service dek hex\n")
+    grant, _ = broker.decide(granted)
+    assert grant is not None and grant.format == Format.hex
+    assert broker.decide(revoked)[0] is None
+    assert broker.status()["grants_error"] is None

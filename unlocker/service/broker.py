@@ -114,6 +114,7 @@ class Broker:
         self.state_since = time.time()
         self._grants: dict[tuple[str, str], grants.Grant] = {}
         self._grants_stamp: tuple[int, int] | None = None
+        self._grants_error: str | None = None
         self.control_handlers: dict[str, object] = {}
 
     def current_grants(self) -> dict[tuple[str, str], grants.Grant]:
@@ -124,16 +125,25 @@ class Broker:
         except FileNotFoundError:
             stamp = None
         if stamp != self._grants_stamp:
-            try:
-                self._grants = grants.load(self.grants_file)
-            except (UnlockerError, OSError, UnicodeDecodeError) as e:  # a bad edit must not stop deliveries
-                log.error("keeping the previous grants: %s", e)
-                return self._grants
             self._grants_stamp = stamp
+            self._load_grants()
         return self._grants
 
+    def _load_grants(self) -> None:
+        # Fail closed: keeping the previous grants would keep a revocation made in the same edit from
+        # taking effect. Until the list parses again, no grant is in force.
+        try:
+            self._grants, self._grants_error = grants.load(self.grants_file), None
+        except (UnlockerError, OSError) as e:
+            self._grants, self._grants_error = {}, str(e)
+            log.error("the grant list does not parse, so NO grant is in force and every credential request "
+                      "is refused until it is fixed: %s", e)
+
     def decide(self, request: Request) -> tuple[grants.Grant | None, str]:
-        grant = self.current_grants().get((request.unit, request.credential))
+        current = self.current_grants()
+        if self._grants_error is not None:
+            return None, f"the grant list does not parse ({self._grants_error})"
+        grant = current.get((request.unit, request.credential))
         if grant is None:
             return None, "no grant for this unit and credential"
         if not self.keyring.unlocked:
@@ -195,6 +205,7 @@ class Broker:
             "generation": self.keyring.generation,
             "memory": self.keyring.memory_kind,
             "grants": [g.line() for g in self.current_grants().values()],
+            "grants_error": self._grants_error,
             "deliveries": dict(self.stats.deliveries),
             "denials": dict(self.stats.denials),
             "last": self.stats.last,
