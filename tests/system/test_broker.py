@@ -227,3 +227,12 @@ def test_a_grant_list_that_does_not_parse_refuses_every_request(machine):
     finally:
         c.write("/etc/unlocker/grants", good)
     assert run_consumer(c, "granted.service")[0]
+
+
+def test_a_unit_whose_cgroup_name_systemd_escapes_gets_its_key(machine):
+    c = machine  # cpu.service runs in the cgroup "_cpu.service" (tests/system/test_platform_facts.py)
+    consumer(c, "cpu.service")
+    c.run(["unlocker", "grant", "cpu.service", "--format", "hex"])
+    ok, report = run_consumer(c, "cpu.service")
+    assert ok, journal(c, "cpu.service")
+    assert bytes.fromhex(report.splitlines()[2]) == expected(c, "hex")
