@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import functools
+import json
 import os
 import socket
 from pathlib import Path
@@ -13,7 +16,7 @@ from conftest import FAST
 from unlocker.client.formats import Format
 from unlocker.keystore import changes
 from unlocker.keystore.slots import Secrets
-from unlocker.service.broker import Broker, Peer, _peer_pidfd, verify
+from unlocker.service.broker import Broker, Peer, _peer_pidfd, handle_control, verify
 from unlocker.service.keyring import Keyring
 from unlocker.service.peer import PeerError, Request
 
@@ -97,3 +100,20 @@ def test_a_grant_list_that_does_not_parse_leaves_no_grant_in_force(broker, caplo
     assert grant is not None and grant.format == Format.hex
     assert broker.decide(revoked)[0] is None
     assert broker.status()["grants_error"] is None
+
+
+@pytest.mark.parametrize("line", [b"[]\n", b"42\n", b'"status"\n', b"null\n"])
+def test_the_control_socket_answers_a_request_that_is_not_an_object(broker, tmp_path, line):
+    async def exchange() -> bytes:
+        path = tmp_path / "control.sock"
+        server = await asyncio.start_unix_server(functools.partial(handle_control, broker), path=str(path))
+        async with server:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            writer.write(line)
+            await writer.drain()
+            reply = await asyncio.wait_for(reader.readline(), 10)
+            writer.close()
+            return reply
+
+    reply = json.loads(asyncio.run(exchange()))
+    assert reply == {"ok": False, "error": "bad request: a request is a JSON object"}

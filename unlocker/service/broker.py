@@ -226,6 +226,8 @@ async def handle_control(broker: Broker, reader: asyncio.StreamReader, writer: a
         else:
             line = await asyncio.wait_for(reader.readline(), 30)
             request = json.loads(line or b"{}")
+            if not isinstance(request, dict):
+                raise ValueError("a request is a JSON object")
             secret = None
             if isinstance(request.get("secret_bytes"), int) and 0 < request["secret_bytes"] <= 64:
                 secret = bytearray(await asyncio.wait_for(reader.readexactly(request["secret_bytes"]), 30))
