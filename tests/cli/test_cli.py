@@ -100,6 +100,19 @@ def test_wipe_slot_needs_another_slot(ks, cli, tmp_path):
     assert r.returncode == 1 and "never open again" in r.stderr
 
 
+def test_a_wiped_passphrase_opens_neither_the_keystore_nor_its_backup(ks, cli, tmp_path):
+    path, pw = ks
+    wiped = write_secret(tmp_path / "wiped", b"second one")
+    assert cli("enroll", "passphrase", "--passphrase-file", pw, "--new-passphrase-file", wiped,
+               "--kdf-time", "20", keystore=path).returncode == 0
+    r = cli("wipe-slot", "1", "--passphrase-file", pw, keystore=path)
+    assert r.returncode == 0, r.stderr
+    backup = path.with_name("keystore.bak")
+    for kept in (path, backup):
+        assert cli("unlock", "--check", "--passphrase-file", wiped, keystore=kept).returncode == 2, kept
+        assert cli("unlock", "--check", "--passphrase-file", pw, keystore=kept).returncode == 0, kept
+
+
 def test_errors_have_no_traceback_unless_debug(cli, tmp_path):
     missing = tmp_path / "nothing"
     r = cli("status", keystore=missing)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -144,3 +145,50 @@ def test_restore_backup_brings_back_the_previous_generation(two_slot_keystore, c
     assert r.returncode == 0, r.stderr
     assert path.read_bytes() == generation_1
     assert path.with_name("keystore.damaged").read_bytes() == damaged
+
+
+def _not_a_keystore(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / kind
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()  # the socket file stays
+    elif kind == "symlink-loop":
+        path.symlink_to(path.name)
+    elif kind == "long-name":
+        path = tmp_path / ("k" * 300)
+    return path
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise TimeoutError("reading the keystore hung")
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("directory", "is not a regular file"),
+    ("fifo", "is not a regular file"),          # and never waits for a writer
+    ("socket", "is not a regular file"),
+    ("symlink-loop", "Too many levels of symbolic links"),
+    ("long-name", "File name too long"),
+])
+def test_a_keystore_path_that_is_not_a_regular_file_is_refused(tmp_path, kind, message):
+    path = _not_a_keystore(tmp_path, kind)
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(10)
+    try:
+        with pytest.raises(UnlockerError, match=message):
+            storage.read(path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_the_cli_says_why_without_a_traceback(tmp_path, cli, kind):
+    path = _not_a_keystore(tmp_path, kind)
+    r = cli("unlock", "--check", "--passphrase-file", write_secret(tmp_path / "pw", b"x"), keystore=path)
+    assert r.returncode == 1 and r.stderr == f"unlocker: {path} is not a regular file; a keystore is one\n"

@@ -30,6 +30,12 @@ def test_template_and_escaped_names_parse():
     b"\0ab/unit/a b.service/dek",
     b"\0ab/unit/noext/dek",
     b"\0ab/unit/a.service/d\xffk",
+    b"\0ab/unit/foo@.service/dek",              # a template never runs, so never asks
+    b"\0ab/unit/a.service/a b",
+    b"\0ab/unit/a.service/a\nb",
+    b"\0ab/unit/a.service/a%b",
+    b"\0ab/unit/a.service/a:b",
+    b"\0ab/unit/a.service/a\\b",
 ])
 def test_malformed_addresses_are_refused(address):
     with pytest.raises(PeerError):
@@ -68,6 +74,33 @@ def test_other_cgroups_do_not_match(text, unit):
 def test_template_instance_in_its_slice_matches():
     text = "0::/system.slice/system-php\\x2dfpm.slice/php-fpm@shop.service\n"
     assert in_unit_cgroup(text, "php-fpm@shop.service")
+
+
+@pytest.mark.parametrize(("cgroup", "unit"), [
+    ("_cpu.service", "cpu.service"),                      # systemd escapes names that clash with cgroupfs
+    ("_memory.service", "memory.service"),
+    ("_bpf-firewall.service", "bpf-firewall.service"),
+    ("__cpu.service", "_cpu.service"),                    # and names that start with "_" or "."
+    ("_.hidden.service", ".hidden.service"),
+    ("_cgroup.x.service", "cgroup.x.service"),
+    ("cpu.x.service", "cpu.x.service"),                   # 252: only the part before the last dot counts
+    ("_cpu.x.service", "cpu.x.service"),                  # later systemd: any controller name and a dot
+    ("cpux.service", "cpux.service"),
+    ("cpu@a.service", "cpu@a.service"),
+])
+def test_escaped_cgroup_names_match_their_unit(cgroup, unit):
+    assert in_unit_cgroup(f"0::/system.slice/{cgroup}\n", unit)
+
+
+@pytest.mark.parametrize(("cgroup", "unit"), [
+    ("_cpu.service", "_cpu.service"),                     # the cgroup of cpu.service, not of _cpu.service
+    ("cpu.service", "cpu.service"),                       # systemd 252 gives cpu.service "_cpu.service"
+    ("_cpux.service", "cpux.service"),
+    ("_x.service", "x.service"),
+    (".hidden.service", ".hidden.service"),
+])
+def test_cgroup_names_systemd_would_not_give_the_unit_do_not_match(cgroup, unit):
+    assert not in_unit_cgroup(f"0::/system.slice/{cgroup}\n", unit)
 
 
 def test_unified_line_wins_over_name_systemd():

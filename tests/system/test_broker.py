@@ -190,3 +190,49 @@ def test_a_peer_that_exits_before_the_check_is_refused(machine):
     while reason not in journal(c, None, "MESSAGE_ID=a4e1d2c3b5f6478899aabbccddeeff01"):
         assert time.monotonic() < deadline, journal(c, "unlocker.service")
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize("credential", ["a b", "a\nExecStartPre=/bin/true", "a%b", "a:b", "a\\b"])
+def test_grant_refuses_a_credential_id_that_could_never_be_delivered(machine, credential):
+    c = machine
+    before = c.read("/etc/unlocker/grants")
+    r = c.run(["unlocker", "grant", "idcheck.service", "--credential", credential, "--no-reload"], check=False)
+    assert r.returncode == 1 and b"is not a valid credential id" in r.stderr and b"Traceback" not in r.stderr
+    assert c.read("/etc/unlocker/grants") == before
+    assert not (c.root / "etc/systemd/system/idcheck.service.d").exists()
+
+
+def test_grant_refuses_a_template_without_an_instance(machine):
+    r = machine.run(["unlocker", "grant", "burst@.service", "--no-reload"], check=False)
+    assert r.returncode == 1 and b"is a template: grant each instance" in r.stderr
+    assert b"burst@.service" not in machine.read("/etc/unlocker/grants")
+
+
+def test_a_grant_list_that_does_not_parse_refuses_every_request(machine):
+    """A hand edit that revokes one unit and breaks a line: the broker must not keep the old grants (the
+    revocation would silently do nothing); it refuses everyone, loudly, until the list parses again."""
+    c = machine
+    good = c.read("/etc/unlocker/grants")
+    assert run_consumer(c, "granted.service")[0]
+    c.write("/etc/unlocker/grants", good + b"oops.service a%b raw\n")
+    try:
+        c.run(["rm", "-f", "/var/log/granted.service.out"])
+        ok, report = run_consumer(c, "granted.service")
+        assert not ok and report == "" and failed_at_credentials(c, "granted.service")
+        assert "NO grant is in force and every credential request is refused" in journal(c, "unlocker.service")
+        assert "denied credential dek to granted.service: the grant list does not parse" in \
+            journal(c, None, "MESSAGE_ID=a4e1d2c3b5f6478899aabbccddeeff01")
+        broker = json.loads(c.run(["unlocker", "status", "--json"]).stdout)["broker"]
+        assert broker["grants"] == [] and "line" in broker["grants_error"]
+    finally:
+        c.write("/etc/unlocker/grants", good)
+    assert run_consumer(c, "granted.service")[0]
+
+
+def test_a_unit_whose_cgroup_name_systemd_escapes_gets_its_key(machine):
+    c = machine  # cpu.service runs in the cgroup "_cpu.service" (tests/system/test_platform_facts.py)
+    consumer(c, "cpu.service")
+    c.run(["unlocker", "grant", "cpu.service", "--format", "hex"])
+    ok, report = run_consumer(c, "cpu.service")
+    assert ok, journal(c, "cpu.service")
+    assert bytes.fromhex(report.splitlines()[2]) == expected(c, "hex")

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from unlocker.service.peer import cgroup_escape, cgroup_path
+
 from .container import Container
 
 pytestmark = pytest.mark.system
@@ -308,3 +310,19 @@ def test_keyring_calls_reach_the_kernel_in_the_test_containers(bare_container):
     c = bare_container
     out = c.run(["systemd-run", "--wait", "--pipe", "--quiet", "python3", "-c", KEYRING_PROBE])
     assert out.stdout.decode().strip() == "ENOKEY"
+
+
+# Unit names whose cgroup systemd may escape (cg_escape()), next to names it must leave alone.
+CGROUP_NAMES = ["cpu.service", "cpuacct.service", "cpuset.service", "io.service", "blkio.service", "memory.service",
+                "devices.service", "pids.service", "bpf-firewall.service", "bpf-devices.service",
+                "bpf-foreign.service", "bpf-socket-bind.service", "bpf-restrict-network-interfaces.service",
+                "cpu.x.service", "_cpu.service", "_x.service", "cgroup.x.service", "tasks.service",
+                "cpux.service", "cpu-x.service", "cpu@a.service", "iox.service", "plain.service"]
+
+
+def test_cgroup_names_are_escaped_as_peer_py_expects(bare_container):
+    seen = {}
+    for unit in CGROUP_NAMES:
+        p = bare_container.run(["systemd-run", "--wait", "--pipe", "-q", f"--unit={unit}", "cat", "/proc/self/cgroup"])
+        seen[unit] = (cgroup_path(p.stdout.decode()) or "").rsplit("/", 1)[-1]
+    assert seen == {unit: cgroup_escape(unit) for unit in CGROUP_NAMES}

@@ -29,18 +29,18 @@ def grant(
     for unit in units:
         grants.check(unit, credential)
     current = grants.load()
-    for unit in units:
-        new = grants.Grant(unit, credential, fmt)
-        current[(unit, credential)] = new
-        path = grants.write_dropin(new)
-        print(f"granted {unit} credential {credential} ({fmt}); drop-in {path}")
-    _save_grants(current, no_reload)
+    added = [grants.Grant(unit, credential, fmt) for unit in units]
+    current.update({(g.unit, g.credential): g for g in added})
+    # The list first: save() refuses a list that would not read back, and then no drop-in is written.
+    grants.save(current)
+    for g in added:
+        print(f"granted {g.unit} credential {credential} ({fmt}); drop-in {grants.write_dropin(g)}")
+    _reload(no_reload)
     print(f"the unit reads it at $CREDENTIALS_DIRECTORY/{credential} from its next start")
 
 
-def _save_grants(current: dict[tuple[str, str], grants.Grant], no_reload: bool) -> None:
-    """Write the grant list (the running broker re-reads it) and let systemd see the drop-ins."""
-    grants.save(current)
+def _reload(no_reload: bool) -> None:
+    """Let systemd see the drop-ins (the running broker re-reads the grant list by itself)."""
     if not no_reload:
         run(["systemctl", "daemon-reload"])
 
@@ -60,5 +60,6 @@ def revoke(
     for g in gone:
         grants.remove_dropin(g)
         del current[(g.unit, g.credential)]
-    _save_grants(current, no_reload)
+    grants.save(current)
+    _reload(no_reload)
     print(f"revoked {', '.join(f'{g.unit} {g.credential}' for g in gone)}; restart the unit to take the key away")

@@ -154,7 +154,9 @@ def wipe_slot(
     opened = open_store(g, passphrase_file, tpm_device(g, tpm2_device), slot)
     try:
         keystore = changes.remove_slot(opened, index)
-        storage.write(g.keystore, keystore, opened.keystore.generation)
+        # The backup would otherwise be the generation that still has the slot, holding the current store
+        # key: the wiped secret would keep opening every current DEK through it.
+        storage.write(g.keystore, keystore, opened.keystore.generation, rotate_backup=True)
     finally:
         opened.close()
     print(f"wiped slot {index}; {len(keystore.slots)} slot(s) left")

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,14 +30,33 @@ def backup_path(path: Path) -> Path:
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes (at most one more than the format allows). Raises UnlockerError for anything but a
+    readable regular file."""
     try:
-        with open(path, "rb", buffering=0) as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer for ever (at boot, with
+        # TimeoutStartSec=infinity). It changes nothing for a regular file, the only kind read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise UnlockerError(f"no keystore at {path}; create one with 'unlocker init'") from None
     except PermissionError:
         raise UnlockerError(f"cannot read {path}: permission denied (run as root)") from None
-    return data
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # what opening a socket gives
+            raise _not_regular(path) from None
+        raise UnlockerError(f"cannot read {path}: {e.strerror}") from None  # a symlink loop, a name too long
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _not_regular(path)
+        with open(fd, "rb", buffering=0, closefd=False) as f:
+            return f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise UnlockerError(f"cannot read {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _not_regular(path: Path) -> UnlockerError:
+    return UnlockerError(f"{path} is not a regular file; a keystore is one")
 
 
 def read(path: Path) -> Keystore:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import select
@@ -52,10 +53,19 @@ def peer_of(sock: socket.socket) -> Peer:
 
 
 def _peer_pidfd(sock: socket.socket, pid: int) -> int:
+    """A pidfd for the process that connected. Raises OSError when there is none to be had.
+
+    Only a kernel that lacks SO_PEERPIDFD (before 6.5: ENOPROTOOPT) falls back to pidfd_open(pid), with
+    the pid-reuse window docs/THREAT-MODEL.md describes. Any other error (EINVAL for a peer that already
+    exited, on 6.5-6.15) means the pid may now name another process, perhaps one of the granted unit,
+    while whoever connected still holds the socket: refuse rather than look the pid up.
+    """
     try:
         return struct.unpack("i", sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4))[0]
-    except OSError:
-        return os.pidfd_open(pid)  # older kernels: a small window for pid reuse remains
+    except OSError as e:
+        if e.errno != errno.ENOPROTOOPT:
+            raise
+    return os.pidfd_open(pid)
 
 
 def verify(sock: socket.socket, peer: Peer, request: Request) -> None:
@@ -64,8 +74,10 @@ def verify(sock: socket.socket, peer: Peer, request: Request) -> None:
         raise PeerError(f"peer uid {peer.uid} is not 0 (only systemd itself requests credentials)")
     try:
         pidfd = _peer_pidfd(sock, peer.pid)
-    except OSError:
-        raise PeerError("peer exited before it could be checked") from None
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.ESRCH):
+            raise PeerError("peer exited before it could be checked") from None
+        raise PeerError(f"no pidfd for the peer ({e.strerror}), so its pid proves nothing") from None
     try:
         try:
             cgroup = Path(f"/proc/{peer.pid}/cgroup").read_text()
@@ -103,6 +115,7 @@ class Broker:
         self.unlocked_by: str | None = None  # tpm2, cached passphrase, prompt or passphrase file
         self._grants: dict[tuple[str, str], grants.Grant] = {}
         self._grants_stamp: tuple[int, int] | None = None
+        self._grants_error: str | None = None
         self.control_handlers: dict[str, object] = {}
 
     def current_grants(self) -> dict[tuple[str, str], grants.Grant]:
@@ -113,16 +126,25 @@ class Broker:
         except FileNotFoundError:
             stamp = None
         if stamp != self._grants_stamp:
-            try:
-                self._grants = grants.load(self.grants_file)
-            except (UnlockerError, OSError, UnicodeDecodeError) as e:  # a bad edit must not stop deliveries
-                log.error("keeping the previous grants: %s", e)
-                return self._grants
             self._grants_stamp = stamp
+            self._load_grants()
         return self._grants
 
+    def _load_grants(self) -> None:
+        # Fail closed: keeping the previous grants would keep a revocation made in the same edit from
+        # taking effect. Until the list parses again, no grant is in force.
+        try:
+            self._grants, self._grants_error = grants.load(self.grants_file), None
+        except (UnlockerError, OSError) as e:
+            self._grants, self._grants_error = {}, str(e)
+            log.error("the grant list does not parse, so NO grant is in force and every credential request "
+                      "is refused until it is fixed: %s", e)
+
     def decide(self, request: Request) -> tuple[grants.Grant | None, str]:
-        grant = self.current_grants().get((request.unit, request.credential))
+        current = self.current_grants()
+        if self._grants_error is not None:
+            return None, f"the grant list does not parse ({self._grants_error})"
+        grant = current.get((request.unit, request.credential))
         if grant is None:
             return None, "no grant for this unit and credential"
         if not self.keyring.unlocked:
@@ -185,6 +207,7 @@ class Broker:
             "memory": self.keyring.memory_kind,
             "unlocked_by": self.unlocked_by if self.keyring.unlocked else None,
             "grants": [g.line() for g in self.current_grants().values()],
+            "grants_error": self._grants_error,
             "deliveries": dict(self.stats.deliveries),
             "denials": dict(self.stats.denials),
             "last": self.stats.last,
@@ -205,6 +228,8 @@ async def handle_control(broker: Broker, reader: asyncio.StreamReader, writer: a
         else:
             line = await asyncio.wait_for(reader.readline(), 30)
             request = json.loads(line or b"{}")
+            if not isinstance(request, dict):
+                raise ValueError("a request is a JSON object")
             secret = None
             if isinstance(request.get("secret_bytes"), int) and 0 < request["secret_bytes"] <= 64:
                 secret = bytearray(await asyncio.wait_for(reader.readexactly(request["secret_bytes"]), 30))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from unlocker.client.formats import Format
 from unlocker.errors import InvalidInput
-from unlocker.service.peer import MAX_ADDRESS_BYTES, is_unit_name
+from unlocker.service.peer import CREDENTIAL_ID_RULE, MAX_ADDRESS_BYTES, is_credential_id, is_unit_name
 
 GRANTS_FILE = Path("/etc/unlocker/grants")
 UNIT_DIR = Path("/etc/systemd/system")
@@ -37,10 +37,13 @@ class Grant:
 
 
 def check(unit: str, credential: str) -> None:
+    """Raise InvalidInput unless (unit, credential) can be granted, written in the list and delivered."""
+    if unit.endswith("@.service"):
+        raise InvalidInput(f"{unit!r} is a template: grant each instance, like {unit[:-len('.service')]}NAME.service")
     if not is_unit_name(unit) or not unit.endswith(".service"):
         raise InvalidInput(f"{unit!r} is not a service unit name (like mariadb.service or php-fpm@app.service)")
-    if not credential or "/" in credential or credential in (".", "..") or not credential.isascii():
-        raise InvalidInput(f"{credential!r} is not a valid credential id")
+    if not is_credential_id(credential):
+        raise InvalidInput(f"{credential!r} is not a valid credential id: use {CREDENTIAL_ID_RULE}")
     if _ADDRESS_OVERHEAD + len(unit) + len(credential) > MAX_ADDRESS_BYTES:
         raise InvalidInput(
             f"unit name and credential id are too long together ({len(unit) + len(credential)} characters): "
@@ -57,23 +60,42 @@ def parse(text: str) -> dict[tuple[str, str], Grant]:
             continue
         fields = line.split()
         if len(fields) != 3 or fields[2] not in Format.__members__:
-            raise InvalidInput(f"{GRANTS_FILE} line {number}: expected '<unit> <credential> <format>'")
-        check(fields[0], fields[1])
+            raise InvalidInput(f"line {number}: expected '<unit> <credential> <format>'")
+        try:
+            check(fields[0], fields[1])
+        except InvalidInput as e:
+            raise InvalidInput(f"line {number}: {e}") from None
         grant = Grant(fields[0], fields[1], Format(fields[2]))
         grants[(grant.unit, grant.credential)] = grant
     return grants
 
 
 def load(path: Path = GRANTS_FILE) -> dict[tuple[str, str], Grant]:
+    """The grant list at path ({} when there is none). Raises InvalidInput naming the file and line."""
     try:
-        return parse(path.read_text())
+        return parse(path.read_text(encoding="ascii"))
     except FileNotFoundError:
         return {}
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path}: not ASCII text") from None
+    except InvalidInput as e:
+        raise InvalidInput(f"{path} {e}") from None
+
+
+def serialize(grants: dict[tuple[str, str], Grant]) -> str:
+    """The grant list as text. Raises InvalidInput rather than return a list that would not parse back to
+    the same grants: the broker refuses every request while its list does not parse."""
+    for g in grants.values():
+        check(g.unit, g.credential)
+    text = "# unit credential format (managed by 'unlocker grant' and 'unlocker revoke')\n"
+    text += "".join(g.line() + "\n" for g in sorted(grants.values(), key=lambda g: (g.unit, g.credential)))
+    if parse(text) != grants:  # a net under check(): whatever it misses must not reach the broker
+        raise InvalidInput("the grant list would not read back as written; nothing was changed")
+    return text
 
 
 def save(grants: dict[tuple[str, str], Grant], path: Path = GRANTS_FILE) -> None:
-    text = "# unit credential format (managed by 'unlocker grant' and 'unlocker revoke')\n"
-    text += "".join(g.line() + "\n" for g in sorted(grants.values(), key=lambda g: (g.unit, g.credential)))
+    text = serialize(grants)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -86,6 +108,7 @@ def dropin_path(grant: Grant, unit_dir: Path = UNIT_DIR) -> Path:
 
 
 def dropin(grant: Grant, socket: Path = CREDENTIAL_SOCKET) -> str:
+    check(grant.unit, grant.credential)  # the id goes into directives: nothing may break out of its line
     # Requires= + After=: the unit waits for the unlock and never starts without the broker. The
     # ExecStartPre= check closes systemd's fail-open path: a credential socket that closes without data
     # gives the unit an EMPTY credential, and it would start.
@@ -102,9 +125,10 @@ def dropin(grant: Grant, socket: Path = CREDENTIAL_SOCKET) -> str:
 
 
 def write_dropin(grant: Grant, unit_dir: Path = UNIT_DIR) -> Path:
+    text = dropin(grant)  # checks the grant before its id becomes a path
     path = dropin_path(grant, unit_dir)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    path.write_text(dropin(grant))
+    path.write_text(text)
     return path
 
 
