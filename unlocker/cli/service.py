@@ -151,7 +151,9 @@ def install(
     Path("/etc/tmpfiles.d").mkdir(parents=True, exist_ok=True)
     Path("/etc/tmpfiles.d/unlocker.conf").write_text((source / "units/unlocker.conf.tmpfiles").read_text())
     run(["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/unlocker.conf"])
-    run(["systemctl", "daemon-reload"])
+    # In a chroot or an image build there is no running systemd to reload; enabling works offline.
+    if Path("/run/systemd/system").is_dir():
+        run(["systemctl", "daemon-reload"])
     if enable:
         run(["systemctl", "enable", "unlocker.service"])
     print("installed unlocker.service" + (" (enabled)" if enable else ""))
