@@ -145,12 +145,16 @@ def install(
     initramfs: Annotated[bool, typer.Option(
         "--initramfs", help="Also set up one prompt at boot for LUKS and unlocker (initramfs-tools hook).")] = False,
 ) -> None:
-    """Put unlocker.service, its tmpfiles.d entry and directories in place on this machine."""
+    """Put unlocker.service, its tmpfiles.d entry, journal catalog and directories in place on this machine."""
     source = installed_data_dir()
     Path("/etc/systemd/system/unlocker.service").write_text((source / "units/unlocker.service").read_text())
     Path("/etc/tmpfiles.d").mkdir(parents=True, exist_ok=True)
     Path("/etc/tmpfiles.d/unlocker.conf").write_text((source / "units/unlocker.conf.tmpfiles").read_text())
     run(["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/unlocker.conf"])
+    # journalctl -x explains unlocker's records only from a catalog in one of its own directories.
+    CATALOG.parent.mkdir(parents=True, exist_ok=True)
+    CATALOG.write_text((source / "catalog/unlocker.catalog").read_text())
+    run(["journalctl", "--update-catalog"])
     run(["systemctl", "daemon-reload"])
     if enable:
         run(["systemctl", "enable", "unlocker.service"])
@@ -159,6 +163,8 @@ def install(
         _install_initramfs(source / "initramfs")
 
 
+# journalctl reads catalogs from /usr/lib/systemd/catalog (a package's) and this directory.
+CATALOG = Path("/usr/local/lib/systemd/catalog/unlocker.catalog")
 # Where `install --initramfs` puts the initramfs-tools pieces (a package ships them under /usr/share).
 INITRAMFS_HOOK = Path("/etc/initramfs-tools/hooks/unlocker")
 KEYSCRIPT = Path("/usr/local/lib/unlocker/initramfs-keyscript")
