@@ -165,22 +165,19 @@ def install(
 
 # journalctl reads catalogs from /usr/lib/systemd/catalog (a package's) and this directory.
 CATALOG = Path("/usr/local/lib/systemd/catalog/unlocker.catalog")
-# Where `install --initramfs` puts the initramfs-tools pieces (a package ships them under /usr/share).
-INITRAMFS_HOOK = Path("/etc/initramfs-tools/hooks/unlocker")
-KEYSCRIPT = Path("/usr/local/lib/unlocker/initramfs-keyscript")
 
 
 def _install_initramfs(source: Path) -> None:
     """initramfs-tools: the hook and the keyscript, then update-initramfs. dracut needs nothing:
     systemd-cryptsetup in its initrd caches the passphrase by itself (initramfs/README.md)."""
     if Path("/usr/share/initramfs-tools/hook-functions").exists():
-        for src, dst in ((source / "initramfs-tools/hooks/unlocker", INITRAMFS_HOOK),
-                         (source / "initramfs-tools/keyscript", KEYSCRIPT)):
+        for src, dst in ((source / "initramfs-tools/hooks/unlocker", config.INITRAMFS_HOOK),
+                         (source / "initramfs-tools/keyscript", config.KEYSCRIPT)):
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes(src.read_bytes())
             dst.chmod(0o755)
-        print(f"installed {INITRAMFS_HOOK} and {KEYSCRIPT}")
-        print(f"in /etc/crypttab, add keyscript={KEYSCRIPT} to the options of the volume opened at boot")
+        print(f"installed {config.INITRAMFS_HOOK} and {config.KEYSCRIPT}")
+        print(f"in /etc/crypttab, add keyscript={config.KEYSCRIPT} to the options of the volume opened at boot")
         run(["update-initramfs", "-u"])
         print("rebuilt the initramfs (update-initramfs -u)")
     if Path("/usr/bin/dracut").exists():
