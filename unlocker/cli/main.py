@@ -31,6 +31,12 @@ def main() -> None:
         os.execve(sys.executable, argv, memory.environment_with_scrubbing())  # noqa: S606
     memory.scrub_freed_memory()
     debug = "--debug" in sys.argv
+    if "_UNLOCKER_COMPLETE" in os.environ:
+        # bash asks for completions by running us with this variable (the script scripts/man writes);
+        # typer registers its completion classes only when asked to.
+        from typer._completion_classes import completion_init
+
+        completion_init()
     try:
         # Outside standalone mode click returns the code of a typer.Exit (doctor's 1 and 2) instead of exiting.
         code = app(prog_name="unlocker", standalone_mode=False)

@@ -31,7 +31,7 @@ log = logging.getLogger("unlocker")
 @app.command()
 def status(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     tpm2_device: Tpm2Device = None,
 ) -> None:
     """Show the keystore (generation, slots, DEK versions), the TPM and the running broker."""
