@@ -1,9 +1,10 @@
 """`unlocker doctor` in a booted systemd 252: all ok on a healthy machine, then each fault it checks for,
 introduced one at a time and undone, must be the one finding, with its verdict and exit code.
 
-Not produced here for real, so covered only by the verdict tests (tests/service/test_health.py): a kernel
-without memfd_secret (the host kernel has it), initramfs-tools (not in the test rootfs), and the TPM (none
-in the container; tests/tpm/test_doctor_tpm.py checks those against swtpm).
+The TPM is a swtpm on the host's loopback, which the container shares. Not produced here for real, so
+covered only by the verdict tests (tests/service/test_health.py): a kernel without memfd_secret (the host
+kernel has it) and initramfs-tools (not in the test rootfs); the TPM lockout and a cleared TPM are in
+tests/tpm/test_doctor_tpm.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import FAST
+
+from unlocker.keystore import changes, storage
+from unlocker.keystore.slots import Secrets, recovery
 
 from .helpers import PASSPHRASE, setup, start_broker
 
@@ -110,3 +115,36 @@ def test_each_fault_is_found_alone_with_a_fix(healthy, fault):
         if c.show("unlocker.service", "ActiveState")["ActiveState"] != "active":
             start_broker(c)
     assert doctor(c)[0] == 0, f"undoing '{fault}' did not bring the machine back to healthy"
+
+
+def test_a_firmware_change_is_caught_before_the_reboot(container, fresh_swtpm, tmp_path):
+    """The broker unlocks through a tpm2+passphrase slot on swtpm (reached over the shared loopback); then a
+    PCR the slot is sealed to changes, as a firmware update does: doctor says so while the machine still runs."""
+    c = container
+    setup(c, [("granted.service", "dek", "raw")])
+    c.systemctl("enable", "unlocker.service")
+    opened = changes.create("tpm2+passphrase", Secrets(bytearray(PASSPHRASE), fresh_swtpm.tcti), FAST)
+    keystore = changes.add_slot(opened, "recovery", Secrets(recovery.format_key(recovery.generate())), FAST)
+    opened.close()
+    storage.write(tmp_path / "keystore", keystore, expected_generation=None)
+    for path in (KEYSTORE, f"{KEYSTORE}.bak"):
+        c.write_file(path, (tmp_path / "keystore").read_bytes(), mode=0o600)
+    c.write_file("/etc/unlocker/unlocker.conf", f"[tpm2]\ndevice = {fresh_swtpm.tcti}\n")
+    start_broker(c)
+    code, checks = doctor(c)
+    assert code == 0 and findings(checks) == {}, json.dumps(checks, indent=1)
+    assert {"tpm", "tpm.lockout", "tpm.bank.sha256", "tpm.slot0"} <= set(checks)
+
+    # Without the recovery slot, only this TPM opens the keystore.
+    c.run(["unlocker", "wipe-slot", "1", "--passphrase-file", "-"], input=PASSPHRASE + b"\n")
+    code, checks = doctor(c)
+    assert findings(checks) == {"slots": "warning"} and code == 1, json.dumps(checks, indent=1)
+    assert checks["slots"]["fix"].startswith("unlocker enroll recovery")
+    c.run(["unlocker", "enroll", "recovery", "--passphrase-file", "-"], input=PASSPHRASE + b"\n")
+    assert doctor(c)[0] == 0
+
+    fresh_swtpm.extend_pcr(7, b"firmware 2.0")
+    code, checks = doctor(c)
+    assert findings(checks) == {"tpm.slot0": "error"} and code == 2, json.dumps(checks, indent=1)
+    assert checks["tpm.slot0"]["fix"].endswith("unlocker rotate tpm2")
+    assert fresh_swtpm.da_state() == (0, False)  # the doctor tried no authorization
