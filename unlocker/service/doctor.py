@@ -33,11 +33,10 @@ def examine(keystore_path: Path, tcti: str | None, cfg: config.Config) -> list[C
     checks += keystore_checks
     checks += tpm_checks(keystore, tcti, cfg.tpm2_pcrs)
     checks += _grants()
-    status = _broker_status()
-    checks.append(health.secret_memory(_memory_kind(status), os.uname().release, _read("/proc/cmdline")))
+    state, memory, error = _broker_status()
+    checks.append(health.secret_memory(memory or _memory_kind(), os.uname().release, _read("/proc/cmdline")))
     checks.append(health.one_prompt(_one_prompt(cfg, unit["KeyringMode"])))
-    checks.append(health.broker(status.get("state") if "error" not in status else None,  # type: ignore[arg-type]
-                                str(status.get("error", ""))))
+    checks.append(health.broker(state, error))
     return checks
 
 
@@ -141,17 +140,18 @@ def _grants() -> list[Check]:
 # -- the platform ------------------------------------------------------------------------------------------
 
 
-def _broker_status() -> dict[str, object]:
+def _broker_status() -> tuple[str | None, str | None, str | None]:
+    """(state, the secret memory its keys are in, why it did not answer); state None when not running."""
     try:
-        return control.request("status", timeout=5)
+        reply = control.request("status", timeout=5)
     except UnlockerError as e:
-        return {"error": str(e)}
+        return None, None, str(e)
+    memory = reply.get("memory")
+    return str(reply.get("state")), memory if isinstance(memory, str) else None, None
 
 
-def _memory_kind(status: dict[str, object]) -> str:
-    """What the running broker got; without one, what a process gets here (outside the unit's sandbox)."""
-    if isinstance(status.get("memory"), str):
-        return str(status["memory"])
+def _memory_kind() -> str:
+    """With no broker to ask, what a process gets here (outside the unit's sandbox)."""
     probe = SecretMemory(4096)
     try:
         return probe.kind
