@@ -20,7 +20,7 @@ import typer.main
 
 from unlocker import config
 from unlocker.cli.main import app
-from unlocker.service import control, grants
+from unlocker.service import audit, control, grants
 
 PROG = "unlocker"
 COMPLETE_VAR = "_UNLOCKER_COMPLETE"
@@ -55,7 +55,7 @@ EXAMPLES = [
     ("Check everything before a reboot, for a person or for monitoring:", "unlocker doctor\nunlocker doctor --json"),
     ("Re-seal the TPM slots after a firmware update:", "unlocker rotate tpm2"),
     ("Wipe the keys from the running broker, then have it ask again:", "unlocker lock\nunlocker unlock"),
-    ("Read why a unit was refused its key:", "journalctl -x MESSAGE_ID=a0d07849c301443b8740fa8f76d8b680"),
+    ("Read why a unit was refused its key:", f"journalctl -x MESSAGE_ID={audit.DENIED}"),
 ]
 
 SEE_ALSO = "unlocker(5), systemd.exec(5), systemd-creds(1), systemd-ask-password(1), journalctl(1), crypttab(5)"
