@@ -25,6 +25,9 @@ CONFIG_FILE = CONFIG_DIR / "unlocker.conf"
 KEYSTORE = Path("/var/lib/unlocker/keystore")
 RUN_DIR = Path("/run/unlocker")
 DEFAULT_TCTI = "device:/dev/tpmrm0"
+# Where `install --initramfs` puts the initramfs-tools pieces (a package ships them under /usr/share).
+INITRAMFS_HOOK = Path("/etc/initramfs-tools/hooks/unlocker")
+KEYSCRIPT = Path("/usr/local/lib/unlocker/initramfs-keyscript")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from unlocker.service import audit
+
 from .helpers import PASSPHRASE, consumer, expected, failed_at_credentials, journal, run_consumer, setup, start_broker
 
 pytestmark = pytest.mark.system
@@ -59,8 +61,8 @@ def test_granted_unit_asking_for_another_credential_fails(machine):
 
 def test_audit_records_in_the_journal_and_no_key_material(machine):
     run_consumer(machine, "granted.service")
-    delivered = journal(machine, None, "MESSAGE_ID=6f2b1c8e5a3d4f0e9b7c2a1d0e3f4a5b")
-    denied = journal(machine, None, "MESSAGE_ID=a4e1d2c3b5f6478899aabbccddeeff01")
+    delivered = journal(machine, None, f"MESSAGE_ID={audit.DELIVERED}")
+    denied = journal(machine, None, f"MESSAGE_ID={audit.DENIED}")
     assert "delivered credential dek (hex) to granted.service" in delivered
     assert "denied credential dek to ungranted.service: no grant" in denied
     everything = machine.run(["journalctl", "--no-pager", "-o", "export"]).stdout
@@ -98,7 +100,7 @@ def test_root_in_another_units_cgroup_claiming_a_granted_unit_gets_no_key(machin
     # Over systemd's 1 MiB limit and all zeros: a unit would fail at CREDENTIALS; a forger learns nothing.
     assert p.stdout.decode().split() == ["1048577", "True"]
     assert "denied credential dek to granted.service: peer is not in the cgroup of granted.service" in \
-        journal(machine, None, "MESSAGE_ID=a4e1d2c3b5f6478899aabbccddeeff01")
+        journal(machine, None, f"MESSAGE_ID={audit.DENIED}")
 
 
 def test_root_outside_any_unit_gets_no_key(machine):
@@ -187,7 +189,7 @@ def test_a_peer_that_exits_before_the_check_is_refused(machine):
         c.run(["kill", "-CONT", pid])
     deadline = time.monotonic() + 10
     reason = "denied credential dek to granted.service: peer exited before it could be checked"
-    while reason not in journal(c, None, "MESSAGE_ID=a4e1d2c3b5f6478899aabbccddeeff01"):
+    while reason not in journal(c, None, f"MESSAGE_ID={audit.DENIED}"):
         assert time.monotonic() < deadline, journal(c, "unlocker.service")
         time.sleep(0.1)
 
@@ -221,7 +223,7 @@ def test_a_grant_list_that_does_not_parse_refuses_every_request(machine):
         assert not ok and report == "" and failed_at_credentials(c, "granted.service")
         assert "NO grant is in force and every credential request is refused" in journal(c, "unlocker.service")
         assert "denied credential dek to granted.service: the grant list does not parse" in \
-            journal(c, None, "MESSAGE_ID=a4e1d2c3b5f6478899aabbccddeeff01")
+            journal(c, None, f"MESSAGE_ID={audit.DENIED}")
         broker = json.loads(c.run(["unlocker", "status", "--json"]).stdout)["broker"]
         assert broker["grants"] == [] and "line" in broker["grants_error"]
     finally:

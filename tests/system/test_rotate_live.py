@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from unlocker.service import audit
+
 from .helpers import PASSPHRASE, expected, journal, run_consumer, setup, start_broker
 
 pytestmark = pytest.mark.system
@@ -50,6 +52,6 @@ def test_rotate_dek_and_kek_while_consumers_run(container):
     ok, report = run_consumer(c, "app.service")
     assert ok and bytes.fromhex(report.splitlines()[2]) == json_before_kek == expected(c, "json")
 
-    records = journal(c, None, "MESSAGE_ID=c0ffee00d15ea5e0ba5eba11deadbeef")
+    records = journal(c, None, f"MESSAGE_ID={audit.ROTATED}")
     assert "rotated dek: keystore generation 1 -> 2" in records
     assert "rotated kek: keystore generation 2 -> 3" in records

@@ -119,7 +119,7 @@ def enroll(
 
 
 @app.command()
-def slots(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def slots(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the keyslots (no secrets)."""
     keystore = storage.read(globals_of(ctx).keystore)
     rows = slot_info(keystore)

@@ -21,6 +21,7 @@ from unlocker.cli import keystore  # noqa: F401
 from unlocker.cli import service  # noqa: F401
 from unlocker.cli import grants  # noqa: F401
 from unlocker.cli import rotate  # noqa: F401
+from unlocker.cli import doctor  # noqa: F401
 # isort: on
 
 
@@ -30,8 +31,15 @@ def main() -> None:
         os.execve(sys.executable, argv, memory.environment_with_scrubbing())  # noqa: S606
     memory.scrub_freed_memory()
     debug = "--debug" in sys.argv
+    if "_UNLOCKER_COMPLETE" in os.environ:
+        # bash asks for completions by running us with this variable (the script scripts/man writes);
+        # typer registers its completion classes only when asked to.
+        from typer._completion_classes import completion_init
+
+        completion_init()
     try:
-        app(prog_name="unlocker", standalone_mode=False)
+        # Outside standalone mode click returns the code of a typer.Exit (doctor's 1 and 2) instead of exiting.
+        code = app(prog_name="unlocker", standalone_mode=False)
     except UnlockerError as e:
         if debug:
             traceback.print_exc()
@@ -48,3 +56,5 @@ def main() -> None:
         sys.exit(1)  # usage errors exit 1: exit code 2 means "nothing unlocked"
     except KeyboardInterrupt:
         sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -31,7 +31,7 @@ log = logging.getLogger("unlocker")
 @app.command()
 def status(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     tpm2_device: Tpm2Device = None,
 ) -> None:
     """Show the keystore (generation, slots, DEK versions), the TPM and the running broker."""
@@ -145,12 +145,16 @@ def install(
     initramfs: Annotated[bool, typer.Option(
         "--initramfs", help="Also set up one prompt at boot for LUKS and unlocker (initramfs-tools hook).")] = False,
 ) -> None:
-    """Put unlocker.service, its tmpfiles.d entry and directories in place on this machine."""
+    """Put unlocker.service, its tmpfiles.d entry, journal catalog and directories in place on this machine."""
     source = installed_data_dir()
     Path("/etc/systemd/system/unlocker.service").write_text((source / "units/unlocker.service").read_text())
     Path("/etc/tmpfiles.d").mkdir(parents=True, exist_ok=True)
     Path("/etc/tmpfiles.d/unlocker.conf").write_text((source / "units/unlocker.conf.tmpfiles").read_text())
     run(["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/unlocker.conf"])
+    # journalctl -x explains unlocker's records only from a catalog in one of its own directories.
+    CATALOG.parent.mkdir(parents=True, exist_ok=True)
+    CATALOG.write_text((source / "catalog/unlocker.catalog").read_text())
+    run(["journalctl", "--update-catalog"])
     # In a chroot or an image build there is no running systemd to reload; enabling works offline.
     if Path("/run/systemd/system").is_dir():
         run(["systemctl", "daemon-reload"])
@@ -161,22 +165,21 @@ def install(
         _install_initramfs(source / "initramfs")
 
 
-# Where `install --initramfs` puts the initramfs-tools pieces (a package ships them under /usr/share).
-INITRAMFS_HOOK = Path("/etc/initramfs-tools/hooks/unlocker")
-KEYSCRIPT = Path("/usr/local/lib/unlocker/initramfs-keyscript")
+# journalctl reads catalogs from /usr/lib/systemd/catalog (a package's) and this directory.
+CATALOG = Path("/usr/local/lib/systemd/catalog/unlocker.catalog")
 
 
 def _install_initramfs(source: Path) -> None:
     """initramfs-tools: the hook and the keyscript, then update-initramfs. dracut needs nothing:
     systemd-cryptsetup in its initrd caches the passphrase by itself (initramfs/README.md)."""
     if Path("/usr/share/initramfs-tools/hook-functions").exists():
-        for src, dst in ((source / "initramfs-tools/hooks/unlocker", INITRAMFS_HOOK),
-                         (source / "initramfs-tools/keyscript", KEYSCRIPT)):
+        for src, dst in ((source / "initramfs-tools/hooks/unlocker", config.INITRAMFS_HOOK),
+                         (source / "initramfs-tools/keyscript", config.KEYSCRIPT)):
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes(src.read_bytes())
             dst.chmod(0o755)
-        print(f"installed {INITRAMFS_HOOK} and {KEYSCRIPT}")
-        print(f"in /etc/crypttab, add keyscript={KEYSCRIPT} to the options of the volume opened at boot")
+        print(f"installed {config.INITRAMFS_HOOK} and {config.KEYSCRIPT}")
+        print(f"in /etc/crypttab, add keyscript={config.KEYSCRIPT} to the options of the volume opened at boot")
         run(["update-initramfs", "-u"])
         print("rebuilt the initramfs (update-initramfs -u)")
     if Path("/usr/bin/dracut").exists():

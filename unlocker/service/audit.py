@@ -1,5 +1,8 @@
 """One structured journal record per decision. Never key material: unit, credential id, decision and
 reason only. Query: journalctl MESSAGE_ID=<id> or journalctl -t unlocker.
+
+The ids are random 128-bit values (`systemd-id128 new`). catalog/unlocker.catalog explains each record and
+what to do about it (`journalctl -x`); tests/service/test_audit.py keeps the two in step.
 """
 
 from __future__ import annotations
@@ -10,11 +13,11 @@ from systemd import journal
 
 log = logging.getLogger("unlocker")
 
-DELIVERED = "6f2b1c8e5a3d4f0e9b7c2a1d0e3f4a5b"
-DENIED = "a4e1d2c3b5f6478899aabbccddeeff01"
-UNLOCKED = "1b2c3d4e5f60718293a4b5c6d7e8f901"
-LOCKED = "9f8e7d6c5b4a39281706f5e4d3c2b1a0"
-ROTATED = "c0ffee00d15ea5e0ba5eba11deadbeef"
+DELIVERED = "3f2aa9d36f324aa38af87b24efd52c74"
+DENIED = "a0d07849c301443b8740fa8f76d8b680"
+UNLOCKED = "d028fd6e572648e8aa7952c4b5124aa5"
+LOCKED = "aff90714b5514b709aafa316fcbda956"
+ROTATED = "7c2aa329986d4fa2a9bc0ee7054cfce3"
 
 
 def _send(message: str, message_id: str, priority: int, **fields: object) -> None:

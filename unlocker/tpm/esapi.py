@@ -446,6 +446,23 @@ def read_pcrs(tcti: str, pcrs: Sequence[int], bank: str = "sha256") -> dict[int,
     return values
 
 
+def policy_matches(tcti: str, sealed: Sealed) -> bool:
+    """Whether the current PCR values satisfy the policy `sealed` was created with: a trial session computes
+    the policy digest for today's values, compared with the digest in the object. The sealed object is never
+    loaded and no authorization is tried, so nothing counts against the dictionary-attack limit.
+
+    Raises InvalidInput, TpmUnavailable, TpmError (the object's bytes do not parse, its parent is not this
+    TPM's storage key (a cleared or other TPM), or the TPM fails)."""
+    public, _ = _unmarshal(sealed, tcti)
+    _, selection = _check_pcrs(sealed.pcrs, sealed.bank)
+    with _connect(tcti) as ctx, _translated(ctx, tcti), _loaded(ctx, _primary(ctx, tcti)) as primary:
+        # The policy digest depends on the PCRs alone: a cleared TPM would still "match" without this.
+        if sealed.parent_name and _name(ctx, primary) != sealed.parent_name:
+            raise _not_ours(tcti, "the TPM's storage key is not the one it was sealed under")
+        current = _policy_digest(ctx, selection, sealed.with_auth)
+    return bytes(current) == bytes(public.publicArea.authPolicy)
+
+
 def probe(tcti: str) -> TpmInfo:
     """What the TPM says about itself and its dictionary-attack state. Raises TpmUnavailable when nothing
     answers, TpmError when the TPM fails."""

@@ -51,6 +51,12 @@ def _sealed_params(sealed: esapi.Sealed) -> Params:
     )
 
 
+def sealed_to_current_pcrs(slot: Slot, tcti: str) -> bool:
+    """Whether the TPM would unseal this slot's share today as far as the PCRs go (the passphrase aside):
+    `unlocker doctor` catches a changed firmware or boot chain before a boot finds out. Raises TpmError."""
+    return esapi.policy_matches(tcti, _sealed_from(slot, with_auth=slot.type == Tpm2PassphraseSlot.name))
+
+
 class Tpm2Slot(SlotType):
     name = "tpm2"
     needs_passphrase = False
