@@ -118,6 +118,8 @@ def test_edit_helper_is_faithful():
         ("salt=ItC9tADbMDXg/0zBseh+4g==", "salt=ItC9tADbMDXg/0zBseh+4h==", "non-canonical base64"),
         ("salt=ItC9tADbMDXg/0zBseh+4g==", "salt=ItC9tADbMDXg/0zBseh+4g", "invalid base64"),
         ("keystore a4ee", "keystore A4EE", "lowercase hex"),
+        ("primary 1764374400", "primary 999999999999999999", "creation time .* out of range"),
+        ("primary 1764374400", "primary 253402300800", "creation time .* out of range"),
     ],
 )
 def test_parser_refuses_non_canonical_or_out_of_range_input(old, new, message):
@@ -225,7 +227,8 @@ def keystores(draw) -> Keystore:
     primary = draw(st.sampled_from(ids))
     deks = tuple(
         Dek(i, "primary" if i == primary else draw(st.sampled_from(["active", "retired"])),
-            draw(st.integers(0, 2**40)), draw(_b(min_size=12, max_size=12)), draw(_b(min_size=48, max_size=48)))
+            draw(st.integers(0, ks.MAX_CREATED)), draw(_b(min_size=12, max_size=12)),
+            draw(_b(min_size=48, max_size=48)))
         for i in ids
     )
     return Keystore(draw(_b(min_size=16, max_size=16)), draw(st.integers(0, 2**50)), slots, deks,

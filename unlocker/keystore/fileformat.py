@@ -46,6 +46,8 @@ WRAPPED_KEY_BYTES = KEY_BYTES + 16
 NONCE_BYTES = 12
 MAC_BYTES = 32
 DEK_STATES = ("primary", "active", "retired")
+# A creation time up to the last second of year 9999: what a date can show (time.gmtime, strftime %Y).
+MAX_CREATED = 253402300799
 TPM_BANKS = ("sha256",)
 
 _INT = re.compile(r"0|[1-9][0-9]{0,17}")
@@ -296,6 +298,8 @@ def _parse_dek(fields: list[str]) -> Dek:
         raise FormatError(f"dek id {dek_id} out of range")
     if state not in DEK_STATES:
         raise FormatError(f"dek {dek_id}: unknown state {state[:20]!r}")
+    if created > MAX_CREATED:
+        raise FormatError(f"dek {dek_id}: creation time {created} out of range (0..{MAX_CREATED})")
     nonce, wrapped = _wrapped(fields, 4)
     if len(wrapped) != WRAPPED_KEY_BYTES:
         raise FormatError(f"dek {dek_id}: wrapped key has the wrong size")
