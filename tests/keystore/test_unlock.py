@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 import pytest
 from conftest import FAST
 
-from unlocker.errors import InvalidInput, WrongSecret
-from unlocker.keystore import changes, storage
+from unlocker.errors import InvalidInput, KdfCostRefused, WrongSecret
+from unlocker.keystore import changes, kdf, storage
 from unlocker.keystore.fileformat import FormatError
 from unlocker.keystore.slots import Secrets, recovery
 from unlocker.keystore.unlock import open_keystore
@@ -103,3 +106,32 @@ def test_damaged_slot_is_skipped_and_can_be_wiped(two_slot_keystore):
     repaired = changes.remove_slot(opened, 0)
     assert repaired.damaged == () and [s.index for s in repaired.slots] == [1]
     assert open_keystore(repaired, Secrets(bytearray(second))).dek(1) == opened.dek(1)
+
+
+def _with_costs(keystore, index: int, costs: str):
+    """The keystore with slot `index` asking for other Argon2id costs, as a forged file would."""
+    slot = keystore.slot(index)
+    params = tuple((k, costs if k == "argon2id" else v) for k, v in slot.params)
+    forged = replace(slot, params=params)
+    return keystore.with_slots(tuple(forged if s.index == index else s for s in keystore.slots))
+
+
+def test_a_forged_hour_long_kdf_cost_is_refused_before_deriving(two_slot_keystore):
+    path, first, second = two_slot_keystore
+    # 4 GiB x 1000 passes is inside the format's bounds and ran for about an hour per try.
+    keystore = _with_costs(storage.read(path), 0, "4194304,1000,4")
+    start = time.monotonic()
+    with pytest.raises(KdfCostRefused, match=r"slot 0: .*4096 MiB x 1000 passes.*refusing to derive"):
+        open_keystore(keystore, Secrets(bytearray(first)))
+    assert time.monotonic() - start < 5
+    # The forged slot costs only itself: the other slot is tried, opens, and its MAC reveals the forgery.
+    with pytest.raises(FormatError, match="header authentication failed"):
+        open_keystore(keystore, Secrets(bytearray(second)))
+
+
+def test_a_kdf_cost_beyond_half_the_ram_is_refused(two_slot_keystore, monkeypatch):
+    path, first, _ = two_slot_keystore
+    monkeypatch.setattr(kdf, "ram_kib", lambda: 64 * 1024)
+    keystore = _with_costs(storage.read(path), 0, "65536,1,4")
+    with pytest.raises(KdfCostRefused, match=r"slot 0: .*64 MiB, more than half of this machine's RAM \(32 MiB\)"):
+        open_keystore(keystore, Secrets(bytearray(first)))

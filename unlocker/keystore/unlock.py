@@ -8,7 +8,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from unlocker.errors import InvalidInput, TpmError, TpmLockout, WrongSecret
+from unlocker.errors import InvalidInput, KdfCostRefused, TpmError, TpmLockout, WrongSecret
 from unlocker.keystore import aead, kdf
 from unlocker.keystore.fileformat import KEY_BYTES, Dek, FormatError, Keystore, Slot
 from unlocker.keystore.slots import Secrets, slot_type
@@ -76,7 +76,9 @@ def open_keystore(keystore: Keystore, secrets: Secrets, only_slot: int | None = 
     """Try each slot that takes these secrets, in order, until one opens; then authenticate the whole
     header. Raises WrongSecret when none opens, the first TPM error when a TPM slot failed for a reason
     other than the passphrase (so "PCRs changed" is not reported as "wrong passphrase"), TpmLockout at
-    once (trying further TPM slots would only burn attempts), FormatError when the header MAC fails.
+    once (trying further TPM slots would only burn attempts), KdfCostRefused when the only slots that
+    could open ask for more Argon2id memory or work than this machine spends, FormatError when the header
+    MAC fails.
     """
     if only_slot is not None and any(d.index == only_slot for d in keystore.damaged):
         raise FormatError(f"slot {only_slot} is damaged")
@@ -93,10 +95,15 @@ def open_keystore(keystore: Keystore, secrets: Secrets, only_slot: int | None = 
         which = f"slot {only_slot}" if only_slot is not None else "no slot"
         raise InvalidInput(f"{which} of this keystore can be opened with what was supplied")
     tpm_error: TpmError | None = None
+    cost_error: KdfCostRefused | None = None
     for slot in candidates:
         try:
             store_key = _try_slot(keystore, slot, secrets)
         except WrongSecret:
+            continue
+        except KdfCostRefused as e:
+            # Costs are read before the MAC can be checked: a forged slot costs only that slot.
+            cost_error = cost_error or KdfCostRefused(f"slot {slot.index}: {e}")
             continue
         except TpmLockout:
             raise
@@ -109,6 +116,8 @@ def open_keystore(keystore: Keystore, secrets: Secrets, only_slot: int | None = 
         return Unlocked(keystore, store_key, slot.index)
     if tpm_error is not None:
         raise tpm_error
+    if cost_error is not None:
+        raise cost_error
     if keystore.damaged:
         raise FormatError(
             f"no intact slot opened, and slot(s) {damaged_list(keystore)} are damaged "
