@@ -42,14 +42,21 @@ class Config:
 
 
 def parse_pcr_list(text: str) -> tuple[int, ...]:
-    """'7', '0,7' or '0+7' -> (0, 7)."""
-    try:
-        pcrs = tuple(sorted({int(p) for p in text.replace("+", ",").split(",") if p.strip()}))
-    except ValueError:
-        raise InvalidInput(f"--tpm2-pcrs takes PCR numbers like 7 or 0,7, not {text!r}") from None
-    if any(not 0 <= p <= 23 for p in pcrs):
+    """'7', '0,7' or '0+7' -> (0, 7); 'none' -> () (a TPM slot bound to no PCR: callers warn).
+
+    Strict: an empty list, an empty item (',' or '7,,0') or a repeated PCR is refused, so that a typo
+    never seals to fewer PCRs than the administrator meant."""
+    if text.strip() == "none":
+        return ()
+    items = [p.strip() for p in text.replace("+", ",").split(",")]
+    if not all(p.isascii() and p.isdigit() and len(p) <= 2 for p in items):
+        raise InvalidInput(f"a PCR list is numbers like 7 or 0,7 (or 'none' for no PCR at all), not {text!r}")
+    pcrs = tuple(int(p) for p in items)
+    if any(p > 23 for p in pcrs):
         raise InvalidInput("PCR numbers go from 0 to 23")
-    return pcrs
+    if len(set(pcrs)) != len(pcrs):
+        raise InvalidInput(f"PCR list {text!r} names a PCR twice")
+    return tuple(sorted(pcrs))
 
 
 def load(path: Path = CONFIG_FILE) -> Config:
@@ -62,7 +69,7 @@ def load(path: Path = CONFIG_FILE) -> Config:
     try:
         return Config(
             tpm2_device=parser.get("tpm2", "device", fallback=None),
-            tpm2_pcrs=parse_pcr_list(pcrs) if pcrs else (7,),
+            tpm2_pcrs=parse_pcr_list(pcrs) if pcrs is not None else (7,),
             tries=parser.getint("prompt", "tries", fallback=3),
             keyname=parser.get("prompt", "keyname", fallback=None),
             accept_cached=parser.getboolean("prompt", "accept-cached", fallback=False),
