@@ -80,7 +80,7 @@ def init(
             rsecrets, shown = new_secrets(SlotKind.recovery, None, None)
             keystore = changes.add_slot(Unlocked(keystore, opened.store_key, 0), "recovery", rsecrets, options)
             wipe(rsecrets.passphrase)
-        g.keystore.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        storage.make_directory(storage.resolve(g.keystore).parent)
         storage.write(g.keystore, keystore, expected_generation=None)
     finally:
         opened.close()
