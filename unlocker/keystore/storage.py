@@ -165,19 +165,21 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _replace(path: Path, data: bytes, step: str) -> None:
-    """Atomically make path hold data: temp file beside it, fsync, rename, fsync the directory."""
+def replace_file(path: Path, data: bytes, step: str, mode: int = 0o600, what: str = "the keystore") -> None:
+    """Atomically make path hold data: temp file beside it, fsync, rename, fsync the directory. A crash
+    leaves the old content or the new; a failure leaves the old. Raises UnlockerError naming `what`."""
     tmp = path.with_name(f".{path.name}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
         try:
-            fd = os.open(tmp, flags, 0o600)
+            fd = os.open(tmp, flags, mode)
         except FileExistsError:
             # Left by a crash (the caller holds the lock, and nobody else can write the directory).
             # Never reuse it: its owner and mode are not ours to trust.
             os.unlink(tmp)
-            fd = os.open(tmp, flags, 0o600)
+            fd = os.open(tmp, flags, mode)
         try:
+            os.fchmod(fd, mode)  # whatever the umask
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
@@ -193,7 +195,7 @@ def _replace(path: Path, data: bytes, step: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
-        raise UnlockerError(f"cannot write {path}: {reason}; the keystore is unchanged") from None
+        raise UnlockerError(f"cannot write {path}: {reason}; {what} is unchanged") from None
 
 
 def write(path: Path, new: Keystore, expected_generation: int | None, *, lock: bool = True,
@@ -221,11 +223,11 @@ def write(path: Path, new: Keystore, expected_generation: int | None, *, lock: b
             if generation != expected_generation:
                 raise KeystoreBusy(f"{path} changed while this command ran; run it again")
             if not rotate_backup:
-                _replace(backup_path(path), current, "backup")
+                replace_file(backup_path(path), current, "backup")
         data = new.serialize()
-        _replace(path, data, "keystore")
+        replace_file(path, data, "keystore")
         if rotate_backup:
-            _replace(backup_path(path), data, "backup")
+            replace_file(backup_path(path), data, "backup")
 
 
 def restore_backup(path: Path) -> Keystore:
@@ -238,6 +240,6 @@ def restore_backup(path: Path) -> Keystore:
         except FormatError as e:
             raise KeystoreDamaged(backup, str(e)) from None
         if path.exists():
-            _replace(path.with_name(path.name + ".damaged"), _read_bytes(path), "damaged")
-        _replace(path, keystore.serialize(), "restore")
+            replace_file(path.with_name(path.name + ".damaged"), _read_bytes(path), "damaged")
+        replace_file(path, keystore.serialize(), "restore")
         return keystore

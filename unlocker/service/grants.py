@@ -10,12 +10,12 @@ broker, start after (and only with) unlocker.service, and refuse to start on an 
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from unlocker.client.formats import Format
 from unlocker.errors import InvalidInput
+from unlocker.keystore.storage import replace_file
 from unlocker.service.peer import CREDENTIAL_ID_RULE, MAX_ADDRESS_BYTES, is_credential_id, is_unit_name
 
 GRANTS_FILE = Path("/etc/unlocker/grants")
@@ -95,12 +95,11 @@ def serialize(grants: dict[tuple[str, str], Grant]) -> str:
 
 
 def save(grants: dict[tuple[str, str], Grant], path: Path = GRANTS_FILE) -> None:
+    """Write the list like the keystore (beside, fsync, rename, fsync the directory): the broker re-reads it
+    on change, and a half-written list would be a parse error (every request refused) after a crash."""
     text = serialize(grants)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)
-    os.rename(tmp, path)
+    replace_file(path, text.encode("ascii"), "grants", mode=0o644, what="the grant list")
 
 
 def dropin_path(grant: Grant, unit_dir: Path = UNIT_DIR) -> Path:
@@ -128,7 +127,8 @@ def write_dropin(grant: Grant, unit_dir: Path = UNIT_DIR) -> Path:
     text = dropin(grant)  # checks the grant before its id becomes a path
     path = dropin_path(grant, unit_dir)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    path.write_text(text)
+    # Never in place: systemd may read the drop-in (daemon-reload) while it is being written.
+    replace_file(path, text.encode("ascii"), "dropin", mode=0o644, what="the drop-in")
     return path
 
 
