@@ -42,3 +42,14 @@ def test_config_file_with_an_empty_pcr_list_is_refused(tmp_path, line):
     (tmp_path / "unlocker.conf").write_text(f"[tpm2]\n{line}\n")
     with pytest.raises(InvalidInput):
         config.load(tmp_path / "unlocker.conf")
+
+
+def test_a_passphrase_shaped_like_a_recovery_key_is_refused_for_a_tpm_slot(tmp_path):
+    from unlocker.cli.common import SlotKind, new_secrets
+    from unlocker.keystore.slots import recovery
+    shaped = tmp_path / "new"
+    shaped.write_bytes(bytes(recovery.format_key(recovery.generate())))
+    with pytest.raises(InvalidInput, match="shaped like a recovery key"):
+        new_secrets(SlotKind.tpm2_passphrase, str(shaped), "swtpm:port=1")
+    secrets, _ = new_secrets(SlotKind.passphrase, str(shaped), None)  # a passphrase slot still takes it
+    assert secrets.passphrase == shaped.read_bytes()

@@ -179,6 +179,25 @@ def test_a_damaged_slot_is_kept_byte_for_byte():
     assert keystore.serialize() == bytes(data)
 
 
+@pytest.mark.parametrize("slot", [0, 1])
+def test_a_non_ascii_byte_in_a_slot_line_costs_only_that_slot(slot):
+    data = bytearray(DATA)
+    data[DATA.index(b"slot %d " % slot) + 30] |= 0x80
+    keystore = parse(bytes(data))
+    assert [d.index for d in keystore.damaged] == [slot]
+    assert keystore.serialize() == bytes(data)
+    other = VECTOR["recovery_key"] if slot == 0 else VECTOR["passphrase"]
+    assert open_keystore(keystore, Secrets(bytearray(other.encode()))).dek(1).hex() == VECTOR["dek"]["1"]
+
+
+@pytest.mark.parametrize("where", [b"generation", b"dek 1", b"slots 0", b"mac", b"sha256"])
+def test_a_non_ascii_byte_outside_the_slot_lines_is_damage(where):
+    data = bytearray(DATA)
+    data[DATA.index(where) + 2] |= 0x80
+    with pytest.raises(FormatError):
+        parse(bytes(data))
+
+
 def test_tampering_that_fixes_up_the_unkeyed_sums_fails_the_mac_after_unlock():
     forged = parse(_edit("dek 1 primary 1764374400", "dek 1 primary 1764374401"))
     with pytest.raises(FormatError, match="header authentication failed"):

@@ -10,7 +10,7 @@ from conftest import FAST
 
 from unlocker.errors import InvalidInput, KdfCostRefused, WrongSecret
 from unlocker.keystore import changes, kdf, storage
-from unlocker.keystore.fileformat import FormatError
+from unlocker.keystore.fileformat import FormatError, parse
 from unlocker.keystore.slots import Secrets, recovery
 from unlocker.keystore.unlock import open_keystore
 
@@ -135,3 +135,41 @@ def test_a_kdf_cost_beyond_half_the_ram_is_refused(two_slot_keystore, monkeypatc
     keystore = _with_costs(storage.read(path), 0, "65536,1,4")
     with pytest.raises(KdfCostRefused, match=r"slot 0: .*64 MiB, more than half of this machine's RAM \(32 MiB\)"):
         open_keystore(keystore, Secrets(bytearray(first)))
+
+
+def _recovery_shaped_passphrase(valid_checksum: bool) -> bytearray:
+    shown = recovery.format_key(recovery.generate())  # a valid key: of no slot of the keystore below
+    if not valid_checksum:
+        shown[0] = ord("c") if shown[0] != ord("c") else ord("b")
+    return shown
+
+
+@pytest.mark.parametrize("valid_checksum", [True, False])
+def test_a_passphrase_shaped_like_a_recovery_key_opens_its_own_slot(valid_checksum):
+    passphrase = _recovery_shaped_passphrase(valid_checksum)
+    opened = changes.create("passphrase", Secrets(bytearray(passphrase)), FAST)
+    shown = recovery.format_key(recovery.generate())
+    keystore = changes.add_slot(opened, "recovery", Secrets(bytearray(shown)), FAST)
+    assert open_keystore(keystore, Secrets(bytearray(passphrase))).slot_index == 0
+    assert open_keystore(keystore, Secrets(bytearray(shown))).slot_index == 1
+
+
+def test_a_mistyped_recovery_key_is_still_named_mistyped_when_passphrase_slots_exist():
+    opened = changes.create("passphrase", Secrets(bytearray(b"a passphrase")), FAST)
+    shown = recovery.format_key(recovery.generate())
+    keystore = changes.add_slot(opened, "recovery", Secrets(bytearray(shown)), FAST)
+    typo = bytearray(shown)
+    typo[0] = ord("c") if typo[0] != ord("c") else ord("b")
+    with pytest.raises(InvalidInput, match="mistyped"):
+        open_keystore(keystore, Secrets(typo))
+
+
+def test_when_the_typed_passphrases_own_slot_is_damaged_the_error_says_so():
+    # A passphrase slot (damaged) and a recovery slot: the passphrase fits no intact slot at all.
+    opened = changes.create("passphrase", Secrets(bytearray(b"a passphrase")), FAST)
+    keystore = changes.add_slot(opened, "recovery", Secrets(recovery.format_key(recovery.generate())), FAST)
+    data = bytearray(keystore.serialize())
+    data[data.index(b"slot 0 ") + 40] ^= 0x01
+    damaged = parse(bytes(data))
+    with pytest.raises(FormatError, match=r"slot\(s\) 0 are damaged \(the secret may belong to one of them\)"):
+        open_keystore(damaged, Secrets(bytearray(b"a passphrase")))

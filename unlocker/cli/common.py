@@ -122,7 +122,14 @@ def new_secrets(kind: SlotKind, new_passphrase_file: str | None, tcti: str | Non
         return Secrets(bytearray(shown), tcti), shown
     if kind == SlotKind.tpm2:
         return Secrets(None, tcti), None
-    return Secrets(ask_secret(new_passphrase_file, "New passphrase: ", confirm=True), tcti), None
+    passphrase = ask_secret(new_passphrase_file, "New passphrase: ", confirm=True)
+    if kind in TPM_KINDS and recovery.RecoverySlot().accepts(Secrets(passphrase)):
+        wipe(passphrase)
+        # Such a secret goes to recovery slots, then passphrase slots, never to TPM slots (a recovery key
+        # that does not fit must not cost a TPM dictionary-attack try): this slot could not be opened.
+        raise InvalidInput("that passphrase is shaped like a recovery key (8 groups of modhex), so it would "
+                           f"never be tried on a {kind} slot; choose another")
+    return Secrets(passphrase, tcti), None
 
 
 def show_recovery_key(shown: bytearray) -> None:

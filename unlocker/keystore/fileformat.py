@@ -201,8 +201,13 @@ class DamagedSlot:
     digest: bytes
 
 
+def _bytes(text: str) -> bytes:
+    # surrogateescape: a damaged slot line may hold any byte, kept as it was read (see _split).
+    return text.encode("ascii", "surrogateescape")
+
+
 def slot_digest(line: str) -> bytes:
-    return hashlib.sha256(line.encode("ascii")).digest()
+    return hashlib.sha256(_bytes(line)).digest()
 
 
 @dataclass(frozen=True)
@@ -237,7 +242,7 @@ class Keystore:
         lines = self._header_lines() + [line for _, line, _ in self._slot_lines()]
         lines += [d.line() for d in self.deks] + [self._digests_line(), mac_line]
         lines.append(f"sha256 {hashlib.sha256(checked).hexdigest()}")
-        return ("\n".join(lines) + "\n").encode("ascii")
+        return _bytes("\n".join(lines) + "\n")
 
     def slot(self, index: int) -> Slot:
         for s in self.slots:
@@ -329,10 +334,9 @@ def _parse_digests(text: str) -> list[tuple[int, bytes]]:
 def _split(data: bytes) -> list[str]:
     if len(data) > MAX_FILE_BYTES:
         raise FormatError("file too large")
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        raise FormatError("file contains non-ASCII bytes") from None
+    # Bytes that are not ASCII are kept (as lone surrogates) so that one in a slot line costs only that
+    # slot, which no longer matches its digest; parse() refuses them anywhere else.
+    text = data.decode("ascii", "surrogateescape")
     lines = text.split("\n")
     first = lines[0].split(" ")
     if first[0] != MAGIC or len(first) != 2:
@@ -359,6 +363,8 @@ def parse(data: bytes) -> Keystore:
     if len(lines) < 3 + len(digests) + 1 + 3:
         raise FormatError("file is truncated (fewer slot lines than the slots line lists)")
     slot_lines, dek_lines = lines[3 : 3 + len(digests)], lines[3 + len(digests) : -3]
+    if not all(line.isascii() for line in lines[:3] + dek_lines + lines[-3:]):
+        raise FormatError("file contains non-ASCII bytes outside the slot lines")
     checked = "\n".join(lines[:3] + dek_lines + lines[-3:-1]) + "\n"
     if _expect(lines[-1], "sha256") != hashlib.sha256(checked.encode("ascii")).hexdigest():
         raise FormatError("checksum mismatch (disk error, truncated copy or edited file)")

@@ -86,16 +86,22 @@ def open_keystore(keystore: Keystore, secrets: Secrets, only_slot: int | None = 
         s for s in keystore.slots
         if (only_slot is None or s.index == only_slot) and slot_type(s.type).accepts(secrets)
     ]
-    # A recovery key goes to recovery slots only, and slots that cost nothing to try go before TPM
-    # slots: a wrong guess at a TPM slot is counted by its dictionary-attack protection.
+    # A recovery key goes to recovery slots first; a secret shaped like one may still be a passphrase,
+    # so passphrase slots come next, but never TPM slots when a recovery slot took it: a recovery key
+    # that does not fit must not cost a try at a TPM's dictionary-attack counter. Slots that cost nothing
+    # to try go before TPM slots for the same reason.
     if any(s.type == "recovery" for s in candidates):
-        candidates = [s for s in candidates if s.type == "recovery"]
-    candidates.sort(key=lambda s: (slot_type(s.type).needs_tpm, s.index))
+        candidates = [s for s in candidates if not slot_type(s.type).needs_tpm]
+    candidates.sort(key=lambda s: (s.type != "recovery", slot_type(s.type).needs_tpm, s.index))
     if not candidates:
+        if keystore.damaged:
+            raise FormatError(f"no intact slot takes what was supplied, and slot(s) {damaged_list(keystore)} "
+                              "are damaged (the secret may belong to one of them)")
         which = f"slot {only_slot}" if only_slot is not None else "no slot"
         raise InvalidInput(f"{which} of this keystore can be opened with what was supplied")
     tpm_error: TpmError | None = None
     cost_error: KdfCostRefused | None = None
+    mistyped: InvalidInput | None = None
     for slot in candidates:
         try:
             store_key = _try_slot(keystore, slot, secrets)
@@ -104,6 +110,11 @@ def open_keystore(keystore: Keystore, secrets: Secrets, only_slot: int | None = 
         except KdfCostRefused as e:
             # Costs are read before the MAC can be checked: a forged slot costs only that slot.
             cost_error = cost_error or KdfCostRefused(f"slot {slot.index}: {e}")
+            continue
+        except InvalidInput as e:
+            if slot.type != "recovery":
+                raise
+            mistyped = e  # shaped like a recovery key with a bad checksum: maybe a passphrase
             continue
         except TpmLockout:
             raise
@@ -118,6 +129,8 @@ def open_keystore(keystore: Keystore, secrets: Secrets, only_slot: int | None = 
         raise tpm_error
     if cost_error is not None:
         raise cost_error
+    if mistyped is not None:
+        raise mistyped
     if keystore.damaged:
         raise FormatError(
             f"no intact slot opened, and slot(s) {damaged_list(keystore)} are damaged "
