@@ -279,3 +279,16 @@ def test_init_creates_missing_directories_0700_whatever_the_umask(tmp_path, cli)
     assert r.returncode == 0, r.stderr
     for d in (tmp_path / "var", tmp_path / "var" / "lib", path.parent):
         assert d.stat().st_mode & 0o777 == 0o700, d
+
+
+def test_restore_backup_without_a_backup_says_so_and_changes_nothing(tmp_path, cli):
+    path = tmp_path / "keystore"
+    r = cli("init", "--no-tpm2", "--kdf-time", "1", "--passphrase-file", write_secret(tmp_path / "pw", b"pw"),
+            keystore=path)
+    assert r.returncode == 0, r.stderr
+    before = path.read_bytes()
+    r = cli("restore-backup", keystore=path)
+    assert r.returncode == 1
+    assert r.stderr == (f"unlocker: no backup at {path}.bak: there is none until the keystore's first change after "
+                        "'unlocker init'; nothing was restored and nothing was changed\n")
+    assert path.read_bytes() == before and not path.with_name("keystore.damaged").exists()

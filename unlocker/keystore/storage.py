@@ -235,6 +235,11 @@ def restore_backup(path: Path) -> Keystore:
     path = resolve(path)
     with locked(path):
         backup = backup_path(path)
+        if not os.path.lexists(backup):
+            # Not _read_bytes' "create one with 'unlocker init'": that would replace a keystore that may
+            # only need its passphrase, and the data it unlocks would be lost.
+            raise UnlockerError(f"no backup at {backup}: there is none until the keystore's first change "
+                                "after 'unlocker init'; nothing was restored and nothing was changed")
         try:
             keystore = parse(_read_bytes(backup))
         except FormatError as e:
