@@ -109,8 +109,10 @@ def dropin_path(grant: Grant, unit_dir: Path = UNIT_DIR) -> Path:
 def dropin(grant: Grant, socket: Path = CREDENTIAL_SOCKET) -> str:
     check(grant.unit, grant.credential)  # the id goes into directives: nothing may break out of its line
     # Requires= + After=: the unit waits for the unlock and never starts without the broker. The
-    # ExecStartPre= check closes systemd's fail-open path: a credential socket that closes without data
-    # gives the unit an EMPTY credential, and it would start.
+    # ExecStartPre= check backs up the broker against systemd's fail-open path (a credential socket that
+    # closes without data gives the unit an EMPTY credential, and it would start). On systemd 252 it runs
+    # after the unit's own ExecStartPre= lines, and an ExecCondition= gets no credentials at all
+    # (tests/system/test_platform_facts.py), so it guards ExecStart= only.
     return (
         "# Written by 'unlocker grant'; removed by 'unlocker revoke'.\n"
         "[Unit]\n"
