@@ -53,3 +53,22 @@ def test_a_passphrase_shaped_like_a_recovery_key_is_refused_for_a_tpm_slot(tmp_p
         new_secrets(SlotKind.tpm2_passphrase, str(shaped), "swtpm:port=1")
     secrets, _ = new_secrets(SlotKind.passphrase, str(shaped), None)  # a passphrase slot still takes it
     assert secrets.passphrase == shaped.read_bytes()
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"[prompt]\ntries = 0\n", "tries must be 1..10"),
+    (b"[prompt]\ntries = 1000000\n", "tries must be 1..10"),
+    (b"[prompt]\nkeyname = caf\xe9\n", "not UTF-8 text"),
+    (b"[tpm2]\n[tpm2]\n", "already exists"),
+    (b"no section\n", "no section headers"),
+])
+def test_a_bad_config_file_is_named_and_refused_without_a_traceback(tmp_path, data, message):
+    (tmp_path / "unlocker.conf").write_bytes(data)
+    with pytest.raises(InvalidInput, match=f"{tmp_path / 'unlocker.conf'}.*{message}"):
+        config.load(tmp_path / "unlocker.conf")
+
+
+def test_a_percent_in_a_value_is_just_a_character(tmp_path):
+    # ConfigParser's default interpolation raised (not a ValueError) on a '%' at the first get().
+    (tmp_path / "unlocker.conf").write_bytes(b"[tpm2]\ndevice = swtpm:port=%d\n")
+    assert config.load(tmp_path / "unlocker.conf").tpm2_device == "swtpm:port=%d"

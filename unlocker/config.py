@@ -59,20 +59,43 @@ def parse_pcr_list(text: str) -> tuple[int, ...]:
     return tuple(sorted(pcrs))
 
 
+MAX_TRIES = 10
+
+
 def load(path: Path = CONFIG_FILE) -> Config:
-    parser = configparser.ConfigParser()
+    """The config file at path (the defaults when there is none). Raises InvalidInput naming the file."""
     try:
-        parser.read(path)
+        data = path.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    except OSError as e:
+        raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
+    return loads(data, str(path))
+
+
+def loads(data: bytes, source: str = "the config file") -> Config:
+    """Parse the config file's bytes. Raises InvalidInput (naming `source`) and nothing else."""
+    # No interpolation: a '%' in a value (a TCTI, a key name) is just a character.
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(data.decode("utf-8"), source)
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{source}: not UTF-8 text") from None
     except configparser.Error as e:
-        raise InvalidInput(f"{path}: {e}") from None
-    pcrs = parser.get("tpm2", "pcrs", fallback=None)
+        raise InvalidInput(f"{source}: {e}") from None
     try:
+        pcrs = parser.get("tpm2", "pcrs", fallback=None)
+        tries = parser.getint("prompt", "tries", fallback=3)
+        if not 1 <= tries <= MAX_TRIES:
+            raise ValueError(f"tries must be 1..{MAX_TRIES}, not {tries}")
         return Config(
             tpm2_device=parser.get("tpm2", "device", fallback=None),
             tpm2_pcrs=parse_pcr_list(pcrs) if pcrs is not None else (7,),
-            tries=parser.getint("prompt", "tries", fallback=3),
+            tries=tries,
             keyname=parser.get("prompt", "keyname", fallback=None),
             accept_cached=parser.getboolean("prompt", "accept-cached", fallback=False),
         )
-    except ValueError as e:
-        raise InvalidInput(f"{path}: {e}") from None
+    except InvalidInput as e:
+        raise InvalidInput(f"{source}: {e}") from None
+    except (ValueError, configparser.Error) as e:
+        raise InvalidInput(f"{source}: {e}") from None

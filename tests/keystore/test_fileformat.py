@@ -119,12 +119,27 @@ def test_edit_helper_is_faithful():
         ("salt=ItC9tADbMDXg/0zBseh+4g==", "salt=ItC9tADbMDXg/0zBseh+4g", "invalid base64"),
         ("keystore a4ee", "keystore A4EE", "lowercase hex"),
         ("primary 1764374400", "primary 999999999999999999", "creation time .* out of range"),
+        # Found by tests/fuzz (keystore): any first word was taken for "dek" or "slot".
+        ("dek 1 primary", "xdek 1 primary", "expected a 'dek' line"),
         ("primary 1764374400", "primary 253402300800", "creation time .* out of range"),
     ],
 )
 def test_parser_refuses_non_canonical_or_out_of_range_input(old, new, message):
     with pytest.raises(FormatError, match=message):
         parse(_edit(old, new))
+
+
+def test_a_slot_line_must_start_with_slot():
+    # Found by tests/fuzz (keystore): the first word of a slot line was never looked at.
+    lines = DATA.decode().splitlines()
+    lines[4] = "tols" + lines[4][4:]
+    digests = lines[-3].split(" ")
+    digests[2] = "1=" + base64.b64encode(hashlib.sha256(lines[4].encode()).digest()).decode()
+    lines[-3] = " ".join(digests)
+    checked = "\n".join(lines[:3] + lines[5:-1]) + "\n"
+    lines[-1] = "sha256 " + hashlib.sha256(checked.encode()).hexdigest()
+    with pytest.raises(FormatError, match="slot 1: expected a 'slot' line"):
+        parse(("\n".join(lines) + "\n").encode())
 
 
 def test_huge_kdf_cost_is_refused_before_anything_is_allocated():

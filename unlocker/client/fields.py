@@ -65,16 +65,21 @@ class Keyring:
             data = path.read_bytes()
         except OSError as e:
             raise KeyringError(f"cannot read the credential {path}: {e.strerror}") from None
+        return cls.from_bytes(data, f"the credential {path}")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "the credential") -> Keyring:
+        """A keyring from the json format's bytes. Raises KeyringError (naming `source`) and nothing else."""
         if not data.strip():
-            raise KeyringError(f"the credential {path} is empty: the unit must not run without its key")
+            raise KeyringError(f"{source} is empty: the unit must not run without its key")
         try:
             doc = json.loads(data)
             keys = {_key_id(k["id"]): base64.b64decode(k["key"], validate=True) for k in doc["keys"]}
             primary = _key_id(doc["primary"])
         except (ValueError, KeyError, TypeError, RecursionError):  # binascii.Error is a ValueError
-            raise KeyringError(f"the credential {path} is not unlocker's json format") from None
+            raise KeyringError(f"{source} is not unlocker's json format") from None
         if any(len(k) != 32 for k in keys.values()):
-            raise KeyringError(f"the credential {path} holds a key that is not 32 bytes")
+            raise KeyringError(f"{source} holds a key that is not 32 bytes")
         return cls(keys, primary)
 
     def encrypt_bytes(self, plaintext: bytes, aad: bytes) -> bytes:

@@ -272,6 +272,8 @@ def _wrapped(fields: list[str], at: int) -> tuple[bytes, bytes]:
 
 
 def _parse_slot(fields: list[str]) -> Slot:
+    if fields[0] != "slot":
+        raise FormatError("expected a 'slot' line")
     if len(fields) < 3:
         raise FormatError("truncated slot line")
     index, slot_type = parse_int(fields[1]), fields[2]
@@ -296,6 +298,8 @@ def _parse_slot(fields: list[str]) -> Slot:
 
 
 def _parse_dek(fields: list[str]) -> Dek:
+    if fields[0] != "dek":
+        raise FormatError("expected a 'dek' line")
     if len(fields) != 6:
         raise FormatError("dek line needs id, state, created, nonce, key")
     dek_id, state, created = parse_int(fields[1]), fields[2], parse_int(fields[3])

@@ -251,14 +251,11 @@ async def _control_exchange(broker: Broker, reader: asyncio.StreamReader, writer
         if peer_of(sock).uid != 0:
             reply: dict[str, object] = {"ok": False, "error": "the control socket is for root only"}
         else:
-            line = await asyncio.wait_for(reader.readline(), CONTROL_IDLE_S)
-            request = json.loads(line or b"{}")
-            if not isinstance(request, dict):
-                raise ValueError("a request is a JSON object")
+            request = parse_control_request(await asyncio.wait_for(reader.readline(), CONTROL_IDLE_S))
             secret = None
-            if isinstance(request.get("secret_bytes"), int) and 0 < request["secret_bytes"] <= 64:
-                secret = bytearray(await asyncio.wait_for(reader.readexactly(request["secret_bytes"]),
-                                                          CONTROL_IDLE_S))
+            size = request.get("secret_bytes")
+            if isinstance(size, int) and not isinstance(size, bool) and 0 < size <= 64:
+                secret = bytearray(await asyncio.wait_for(reader.readexactly(size), CONTROL_IDLE_S))
             try:
                 reply = await dispatch(broker, request, secret)
             finally:
@@ -270,6 +267,17 @@ async def _control_exchange(broker: Broker, reader: asyncio.StreamReader, writer
     with contextlib.suppress(OSError, TimeoutError):
         writer.write(json.dumps(reply).encode() + b"\n")
         await asyncio.wait_for(writer.drain(), CONTROL_IDLE_S)
+
+
+def parse_control_request(line: bytes) -> dict[str, object]:
+    """One request line of the control protocol: a JSON object. Raises ValueError and nothing else."""
+    try:
+        request = json.loads(line or b"{}")
+    except RecursionError:  # "[[[[..." nested deeper than Python's stack
+        raise ValueError("a request nests too deeply") from None
+    if not isinstance(request, dict):
+        raise ValueError("a request is a JSON object")
+    return request
 
 
 async def dispatch(broker: Broker, request: dict[str, object], secret: bytearray | None = None) -> dict[str, object]:

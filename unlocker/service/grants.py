@@ -73,13 +73,20 @@ def parse(text: str) -> dict[tuple[str, str], Grant]:
 def load(path: Path = GRANTS_FILE) -> dict[tuple[str, str], Grant]:
     """The grant list at path ({} when there is none). Raises InvalidInput naming the file and line."""
     try:
-        return parse(path.read_text(encoding="ascii"))
+        data = path.read_bytes()
     except FileNotFoundError:
         return {}
+    return parse_bytes(data, str(path))
+
+
+def parse_bytes(data: bytes, source: str = "the grant list") -> dict[tuple[str, str], Grant]:
+    """The grant list's bytes. Raises InvalidInput (naming `source` and the line) and nothing else."""
+    try:
+        return parse(data.decode("ascii"))
     except UnicodeDecodeError:
-        raise InvalidInput(f"{path}: not ASCII text") from None
+        raise InvalidInput(f"{source}: not ASCII text") from None
     except InvalidInput as e:
-        raise InvalidInput(f"{path} {e}") from None
+        raise InvalidInput(f"{source} {e}") from None
 
 
 def serialize(grants: dict[tuple[str, str], Grant]) -> str:
