@@ -97,3 +97,25 @@ def test_harden_process_makes_it_non_dumpable_without_core_files():
             f"print(ctypes.CDLL(None).prctl({pr_get_dumpable}, 0, 0, 0, 0), resource.getrlimit(resource.RLIMIT_CORE))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split(" ", 1) == ["0", "(0, 0)\n"]
+
+
+def test_recovery_key_text_is_gone_from_memory_after_unlock_check(cli, tmp_path):
+    pw = write_secret(tmp_path / "pw", secrets.token_hex(16).encode() + b"\n")
+    path = tmp_path / "keystore"
+    r = cli("init", "--no-tpm2", "--kdf-time", "20", "--recovery-key", "--passphrase-file", pw, keystore=path)
+    assert r.returncode == 0, r.stderr
+    shown = r.stdout.split("Recovery key")[1].split()[-1].encode()  # the key as printed, e.g. "cbde...-..."
+    canary = secrets.token_hex(16).encode()
+    for typed, needles in [(shown, [shown]), (shown.upper(), [shown.upper(), shown])]:
+        key_file = write_secret(tmp_path / "key", typed + b"\n")
+        child = _run_stopped(["--keystore", str(path), "unlock", "--check", "--passphrase-file", str(key_file)],
+                             write_secret(tmp_path / "canary", canary))
+        try:
+            assert find_in_process(child.pid, canary), "the scanner must see the child's heap"
+            for needle in needles:
+                assert find_in_process(child.pid, needle) == [], needle
+                assert find_in_process(child.pid, needle.replace(b"-", b"")) == []
+            assert child.stdout.read1().startswith(b"slot 1 opens")
+        finally:
+            child.kill()
+            child.wait()

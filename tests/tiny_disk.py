@@ -14,7 +14,7 @@ from pathlib import Path
 def fill(mount: Path, files: list[Path]) -> Iterator[list[Path]]:
     """Copy `files` onto a 64 KiB tmpfs at `mount`, fill the rest, and yield the copies."""
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount)], check=True)
     try:
         copies = []
         for f in files:

@@ -45,30 +45,60 @@ class Config:
 
 
 def parse_pcr_list(text: str) -> tuple[int, ...]:
-    """'7', '0,7' or '0+7' -> (0, 7)."""
-    try:
-        pcrs = tuple(sorted({int(p) for p in text.replace("+", ",").split(",") if p.strip()}))
-    except ValueError:
-        raise InvalidInput(f"--tpm2-pcrs takes PCR numbers like 7 or 0,7, not {text!r}") from None
-    if any(not 0 <= p <= 23 for p in pcrs):
+    """'7', '0,7' or '0+7' -> (0, 7); 'none' -> () (a TPM slot bound to no PCR: callers warn).
+
+    Strict: an empty list, an empty item (',' or '7,,0') or a repeated PCR is refused, so that a typo
+    never seals to fewer PCRs than the administrator meant."""
+    if text.strip() == "none":
+        return ()
+    items = [p.strip() for p in text.replace("+", ",").split(",")]
+    if not all(p.isascii() and p.isdigit() and len(p) <= 2 for p in items):
+        raise InvalidInput(f"a PCR list is numbers like 7 or 0,7 (or 'none' for no PCR at all), not {text!r}")
+    pcrs = tuple(int(p) for p in items)
+    if any(p > 23 for p in pcrs):
         raise InvalidInput("PCR numbers go from 0 to 23")
-    return pcrs
+    if len(set(pcrs)) != len(pcrs):
+        raise InvalidInput(f"PCR list {text!r} names a PCR twice")
+    return tuple(sorted(pcrs))
+
+
+MAX_TRIES = 10
 
 
 def load(path: Path = CONFIG_FILE) -> Config:
-    parser = configparser.ConfigParser()
+    """The config file at path (the defaults when there is none). Raises InvalidInput naming the file."""
     try:
-        parser.read(path)
+        data = path.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    except OSError as e:
+        raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
+    return loads(data, str(path))
+
+
+def loads(data: bytes, source: str = "the config file") -> Config:
+    """Parse the config file's bytes. Raises InvalidInput (naming `source`) and nothing else."""
+    # No interpolation: a '%' in a value (a TCTI, a key name) is just a character.
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(data.decode("utf-8"), source)
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{source}: not UTF-8 text") from None
     except configparser.Error as e:
-        raise InvalidInput(f"{path}: {e}") from None
-    pcrs = parser.get("tpm2", "pcrs", fallback=None)
+        raise InvalidInput(f"{source}: {e}") from None
     try:
+        pcrs = parser.get("tpm2", "pcrs", fallback=None)
+        tries = parser.getint("prompt", "tries", fallback=3)
+        if not 1 <= tries <= MAX_TRIES:
+            raise ValueError(f"tries must be 1..{MAX_TRIES}, not {tries}")
         return Config(
             tpm2_device=parser.get("tpm2", "device", fallback=None),
-            tpm2_pcrs=parse_pcr_list(pcrs) if pcrs else (7,),
-            tries=parser.getint("prompt", "tries", fallback=3),
+            tpm2_pcrs=parse_pcr_list(pcrs) if pcrs is not None else (7,),
+            tries=tries,
             keyname=parser.get("prompt", "keyname", fallback=None),
             accept_cached=parser.getboolean("prompt", "accept-cached", fallback=False),
         )
-    except ValueError as e:
-        raise InvalidInput(f"{path}: {e}") from None
+    except InvalidInput as e:
+        raise InvalidInput(f"{source}: {e}") from None
+    except (ValueError, configparser.Error) as e:
+        raise InvalidInput(f"{source}: {e}") from None

@@ -38,6 +38,10 @@ class InvalidInput(UnlockerError):
     """A passphrase, option or file the administrator supplied is not acceptable."""
 
 
+class KdfCostRefused(InvalidInput):
+    """A slot asks Argon2id for more memory or work than this machine will spend on one try."""
+
+
 class TpmError(UnlockerError):
     """The TPM refused or failed. `rc` keeps the TPM return code when there is one."""
 

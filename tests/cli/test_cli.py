@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from conftest import write_secret
+
+from unlocker.memory import environment_with_scrubbing
 
 
 @pytest.fixture
@@ -131,3 +136,40 @@ def test_damaged_keystore_message_names_the_file(ks, cli):
 
 def test_usage_errors_exit_1_not_2(cli, tmp_path):
     assert cli("wipe-slot", "notanumber", keystore=tmp_path / "k").returncode == 1
+
+
+# Runs `unlocker ARGS...`, reporting whether the process could dump core at the moment the store key is
+# held (right after a slot opened).
+HOLDING_THE_STORE_KEY = textwrap.dedent("""
+    import ctypes, resource, sys
+    from unlocker.cli.main import main
+    from unlocker.keystore import storage
+    real = storage.open_from
+    def open_from(*args, **kwargs):
+        opened = real(*args, **kwargs)
+        dumpable = ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
+        print(f"dumpable={dumpable} core={resource.getrlimit(resource.RLIMIT_CORE)}", file=sys.stderr)
+        return opened
+    storage.open_from = open_from
+    sys.argv = ["unlocker", *sys.argv[1:]]
+    main()
+""")
+
+
+@pytest.mark.parametrize("command", [
+    ["unlock", "--check"],
+    ["enroll", "passphrase", "--kdf-time", "1"],
+    ["rotate", "passphrase", "--kdf-time", "1"],
+    ["rotate", "dek"],
+    ["wipe-slot", "1", "--slot", "0"],
+])
+def test_commands_that_hold_the_store_key_cannot_dump_core(two_slot_keystore, tmp_path, command):
+    path, first, _ = two_slot_keystore
+    argv = [sys.executable, "-c", HOLDING_THE_STORE_KEY, "--keystore", str(path), *command,
+            "--passphrase-file", str(write_secret(tmp_path / "pw", first))]
+    if command[0] in ("enroll", "rotate") and command[1] == "passphrase":
+        argv += ["--new-passphrase-file", str(write_secret(tmp_path / "new", b"new passphrase"))]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=environment_with_scrubbing(),
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    assert "dumpable=0 core=(0, 0)" in p.stderr

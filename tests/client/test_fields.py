@@ -85,3 +85,31 @@ def test_tampered_tokens_fail(tmp_path, keys):
     for bad in (f"{prefix}:{key_id}:{base64.b64encode(raw).decode()}", "uk2:1:AAAA", "uk1:x:AAAA", "uk1:1:!!"):
         with pytest.raises(KeyringError):
             ring.decrypt(bad, b"")
+
+
+@pytest.mark.parametrize("key_id", ["99999999999", "4294967296", "2147483648", "0", "01", "\u00b2", "\u0661", "-1",
+                                    "+1", " 1", "1 "])
+def test_a_malformed_key_id_in_a_token_is_a_keyring_error(tmp_path, keys, key_id):
+    ring = Keyring.load(directory=_write(tmp_path, [KeyVersion(1, "primary", bytearray(keys[1]))]))
+    body = ring.encrypt(b"marker", b"").split(":")[2]
+    with pytest.raises(KeyringError):
+        ring.decrypt(f"uk1:{key_id}:{body}", b"")
+
+
+@pytest.mark.parametrize("body", ["\u00e9AAA", "AAAA\u0100", "AB==" * 8, "AAB=" * 8])
+def test_a_body_that_is_not_canonical_ascii_base64_is_a_keyring_error(tmp_path, keys, body):
+    ring = Keyring.load(directory=_write(tmp_path, [KeyVersion(1, "primary", bytearray(keys[1]))]))
+    with pytest.raises(KeyringError):
+        ring.decrypt(f"uk1:1:{body}", b"")
+
+
+@pytest.mark.parametrize("key_id", [2**40, -1, 0, 1.5, True, "1", None])
+def test_a_malformed_key_id_in_the_keyring_is_a_keyring_error(tmp_path, key_id):
+    key = base64.b64encode(os.urandom(32)).decode()
+    for doc in ({"primary": key_id, "keys": [{"id": key_id, "key": key}]},
+                {"primary": 1, "keys": [{"id": 1, "key": key}, {"id": key_id, "key": key}]}):
+        (tmp_path / "dek").write_text(json.dumps(doc))
+        with pytest.raises(KeyringError, match="not unlocker's json format"):
+            Keyring.load(directory=tmp_path)
+    with pytest.raises(KeyringError):
+        Keyring({key_id: os.urandom(32)}, key_id)  # type: ignore[dict-item]

@@ -118,11 +118,28 @@ def test_edit_helper_is_faithful():
         ("salt=ItC9tADbMDXg/0zBseh+4g==", "salt=ItC9tADbMDXg/0zBseh+4h==", "non-canonical base64"),
         ("salt=ItC9tADbMDXg/0zBseh+4g==", "salt=ItC9tADbMDXg/0zBseh+4g", "invalid base64"),
         ("keystore a4ee", "keystore A4EE", "lowercase hex"),
+        ("primary 1764374400", "primary 999999999999999999", "creation time .* out of range"),
+        # Found by tests/fuzz (keystore): any first word was taken for "dek" or "slot".
+        ("dek 1 primary", "xdek 1 primary", "expected a 'dek' line"),
+        ("primary 1764374400", "primary 253402300800", "creation time .* out of range"),
     ],
 )
 def test_parser_refuses_non_canonical_or_out_of_range_input(old, new, message):
     with pytest.raises(FormatError, match=message):
         parse(_edit(old, new))
+
+
+def test_a_slot_line_must_start_with_slot():
+    # Found by tests/fuzz (keystore): the first word of a slot line was never looked at.
+    lines = DATA.decode().splitlines()
+    lines[4] = "tols" + lines[4][4:]
+    digests = lines[-3].split(" ")
+    digests[2] = "1=" + base64.b64encode(hashlib.sha256(lines[4].encode()).digest()).decode()
+    lines[-3] = " ".join(digests)
+    checked = "\n".join(lines[:3] + lines[5:-1]) + "\n"
+    lines[-1] = "sha256 " + hashlib.sha256(checked.encode()).hexdigest()
+    with pytest.raises(FormatError, match="slot 1: expected a 'slot' line"):
+        parse(("\n".join(lines) + "\n").encode())
 
 
 def test_huge_kdf_cost_is_refused_before_anything_is_allocated():
@@ -177,6 +194,25 @@ def test_a_damaged_slot_is_kept_byte_for_byte():
     assert keystore.serialize() == bytes(data)
 
 
+@pytest.mark.parametrize("slot", [0, 1])
+def test_a_non_ascii_byte_in_a_slot_line_costs_only_that_slot(slot):
+    data = bytearray(DATA)
+    data[DATA.index(b"slot %d " % slot) + 30] |= 0x80
+    keystore = parse(bytes(data))
+    assert [d.index for d in keystore.damaged] == [slot]
+    assert keystore.serialize() == bytes(data)
+    other = VECTOR["recovery_key"] if slot == 0 else VECTOR["passphrase"]
+    assert open_keystore(keystore, Secrets(bytearray(other.encode()))).dek(1).hex() == VECTOR["dek"]["1"]
+
+
+@pytest.mark.parametrize("where", [b"generation", b"dek 1", b"slots 0", b"mac", b"sha256"])
+def test_a_non_ascii_byte_outside_the_slot_lines_is_damage(where):
+    data = bytearray(DATA)
+    data[DATA.index(where) + 2] |= 0x80
+    with pytest.raises(FormatError):
+        parse(bytes(data))
+
+
 def test_tampering_that_fixes_up_the_unkeyed_sums_fails_the_mac_after_unlock():
     forged = parse(_edit("dek 1 primary 1764374400", "dek 1 primary 1764374401"))
     with pytest.raises(FormatError, match="header authentication failed"):
@@ -225,7 +261,8 @@ def keystores(draw) -> Keystore:
     primary = draw(st.sampled_from(ids))
     deks = tuple(
         Dek(i, "primary" if i == primary else draw(st.sampled_from(["active", "retired"])),
-            draw(st.integers(0, 2**40)), draw(_b(min_size=12, max_size=12)), draw(_b(min_size=48, max_size=48)))
+            draw(st.integers(0, ks.MAX_CREATED)), draw(_b(min_size=12, max_size=12)),
+            draw(_b(min_size=48, max_size=48)))
         for i in ids
     )
     return Keystore(draw(_b(min_size=16, max_size=16)), draw(st.integers(0, 2**50)), slots, deks,

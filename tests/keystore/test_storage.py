@@ -192,3 +192,103 @@ def test_the_cli_says_why_without_a_traceback(tmp_path, cli, kind):
     path = _not_a_keystore(tmp_path, kind)
     r = cli("unlock", "--check", "--passphrase-file", write_secret(tmp_path / "pw", b"x"), keystore=path)
     assert r.returncode == 1 and r.stderr == f"unlocker: {path} is not a regular file; a keystore is one\n"
+
+
+# ---- ownership, modes and links: nobody but root may shape what the keystore becomes ----
+
+NOBODY = 65534
+
+
+def _add_slot(path: Path, first: bytes, secret: bytes) -> None:
+    from unlocker.keystore import changes
+    keystore = storage.read(path)
+    opened = open_keystore(keystore, Secrets(bytearray(first)))
+    storage.write(path, changes.add_slot(opened, "passphrase", Secrets(bytearray(secret)), FAST), keystore.generation)
+
+
+@pytest.mark.parametrize(("mode", "reason"), [(0o777, "writable by others"), (0o1777, "writable by others"),
+                                              (0o770, "writable by its group")])
+def test_a_keystore_in_a_directory_others_can_write_is_refused(two_slot_keystore, mode, reason):
+    path, first, _ = two_slot_keystore
+    path.parent.chmod(mode)
+    with pytest.raises(UnlockerError, match=f"refusing the keystore in {path.parent}: the directory is {reason}.*"
+                                            "chmod 0700"):
+        storage.read(path)
+    with pytest.raises(UnlockerError, match="the directory is"):
+        _add_slot(path, first, b"x")
+
+
+def test_a_directory_owned_by_another_user_is_refused(two_slot_keystore):
+    path, _, _ = two_slot_keystore
+    os.chown(path.parent, NOBODY, NOBODY)
+    with pytest.raises(UnlockerError, match=f"the directory is owned by uid {NOBODY}"):
+        storage.read(path)
+
+
+@pytest.mark.parametrize(("owner", "mode", "reason"), [(NOBODY, 0o600, f"owned by uid {NOBODY}"),
+                                                       (0, 0o666, "writable by others")])
+def test_a_keystore_file_others_own_or_can_write_is_refused(two_slot_keystore, owner, mode, reason):
+    path, _, _ = two_slot_keystore
+    os.chown(path, owner, owner)
+    path.chmod(mode)
+    with pytest.raises(UnlockerError, match=f"refusing {path}: it is {reason}.*; make it root's and 0600"):
+        storage.read(path)
+
+
+def test_a_planted_temp_file_is_never_reused(two_slot_keystore):
+    path, first, _ = two_slot_keystore
+    tmp = path.with_name(".keystore.tmp")
+    tmp.write_bytes(b"planted")
+    os.chown(tmp, NOBODY, NOBODY)
+    tmp.chmod(0o666)
+    _add_slot(path, first, b"x")
+    st = path.stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (os.geteuid(), 0o600)
+    assert _opens(path, b"x") and not tmp.exists()
+
+
+def test_a_lock_file_planted_as_a_symlink_is_not_followed(two_slot_keystore, tmp_path):
+    path, first, _ = two_slot_keystore
+    victim = tmp_path / "elsewhere"
+    path.with_name("keystore.lock").unlink()
+    path.with_name("keystore.lock").symlink_to(victim)
+    with pytest.raises(UnlockerError, match=r"cannot open the lock .*keystore\.lock: Too many levels"):
+        _add_slot(path, first, b"x")
+    assert not victim.exists()
+
+
+def test_a_symlinked_keystore_path_stays_a_link(two_slot_keystore, tmp_path):
+    real, first, _ = two_slot_keystore
+    link_dir = tmp_path / "etc"
+    link_dir.mkdir(mode=0o700)
+    link = link_dir / "keystore"
+    link.symlink_to(real)
+    _add_slot(link, first, b"x")
+    assert link.is_symlink() and _opens(real, b"x")
+    assert storage.backup_path(real).exists() and not storage.backup_path(link).exists()
+
+
+def test_init_creates_missing_directories_0700_whatever_the_umask(tmp_path, cli):
+    path = tmp_path / "var" / "lib" / "unlocker" / "keystore"
+    old = os.umask(0o022)
+    try:
+        r = cli("init", "--no-tpm2", "--kdf-time", "1", "--passphrase-file", write_secret(tmp_path / "pw", b"pw"),
+                keystore=path)
+    finally:
+        os.umask(old)
+    assert r.returncode == 0, r.stderr
+    for d in (tmp_path / "var", tmp_path / "var" / "lib", path.parent):
+        assert d.stat().st_mode & 0o777 == 0o700, d
+
+
+def test_restore_backup_without_a_backup_says_so_and_changes_nothing(tmp_path, cli):
+    path = tmp_path / "keystore"
+    r = cli("init", "--no-tpm2", "--kdf-time", "1", "--passphrase-file", write_secret(tmp_path / "pw", b"pw"),
+            keystore=path)
+    assert r.returncode == 0, r.stderr
+    before = path.read_bytes()
+    r = cli("restore-backup", keystore=path)
+    assert r.returncode == 1
+    assert r.stderr == (f"unlocker: no backup at {path}.bak: there is none until the keystore's first change after "
+                        "'unlocker init'; nothing was restored and nothing was changed\n")
+    assert path.read_bytes() == before and not path.with_name("keystore.damaged").exists()

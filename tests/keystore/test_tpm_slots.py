@@ -7,13 +7,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 from conftest import write_secret
 from memscan import find_in_process
 
 from unlocker.keystore import kdf, storage
-from unlocker.keystore.fileformat import b64decode, parse_argon2, parse_pcrs
+from unlocker.keystore.fileformat import b64decode, b64encode, parse_argon2, parse_pcrs
 from unlocker.memory import environment_with_scrubbing
 from unlocker.tpm import esapi
 
@@ -171,3 +172,21 @@ def test_systemd_creds_slot_opens_and_its_weakness_is_stated(fresh_swtpm, tmp_pa
     assert r.returncode == 2
     assert esapi.probe(fresh_swtpm.tcti).lockout_counter == 0  # the weakness: the TPM saw no wrong guess
     assert "the TPM does not count wrong passphrases" in cli("slots", keystore=path).stdout
+
+
+def test_a_forged_parent_pin_is_what_unseal_compares_with(tpm_keystore, fresh_swtpm, cli):
+    """The `parent` pin comes from the slot line, which nothing authenticates before the unseal: whoever
+    can write the file chooses the name unseal compares with (docs/TPM.md). Here a name that is not this
+    TPM's primary: refused before any session, with no TPM try spent; an interposer would write its own."""
+    path, pw, _ = tpm_keystore
+    keystore = storage.read(path)
+    slot = keystore.slot(0)
+    real = b64decode(slot.param("parent"))
+    forged_name = real[:2] + bytes(b ^ 0xFF for b in real[2:])
+    params = tuple((k, b64encode(forged_name) if k == "parent" else v) for k, v in slot.params)
+    forged = replace(keystore, slots=(replace(slot, params=params), *keystore.slots[1:]))
+    path.write_bytes(forged.serialize())  # parses: the unkeyed sums are recomputed, the MAC is untouched
+    r = cli("unlock", "--check", "--slot", "0", "--tpm2-device", fresh_swtpm.tcti, "--passphrase-file", pw,
+            keystore=path)
+    assert r.returncode == 1 and "storage key is not the one it was sealed under" in r.stderr, r.stderr
+    assert esapi.probe(fresh_swtpm.tcti).lockout_counter == 0

@@ -7,7 +7,13 @@ import errno
 import functools
 import json
 import os
+import resource
 import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,7 +22,15 @@ from conftest import FAST
 from unlocker.client.formats import Format
 from unlocker.keystore import changes
 from unlocker.keystore.slots import Secrets
-from unlocker.service.broker import Broker, Peer, _peer_pidfd, handle_control, verify
+from unlocker.service.broker import (
+    CONTROL_IDLE_S,
+    MAX_CONTROL_CLIENTS,
+    Broker,
+    Peer,
+    _peer_pidfd,
+    handle_control,
+    verify,
+)
 from unlocker.service.keyring import Keyring
 from unlocker.service.peer import PeerError, Request
 
@@ -117,3 +131,75 @@ def test_the_control_socket_answers_a_request_that_is_not_an_object(broker, tmp_
 
     reply = json.loads(asyncio.run(exchange()))
     assert reply == {"ok": False, "error": "bad request: a request is a JSON object"}
+
+
+# A broker in its own process with the descriptor limit a unit gets without LimitNOFILE= (1024), its peer
+# check stubbed (tests/system covers it): this test is about descriptors, not about who may connect.
+STARVED_BROKER = textwrap.dedent("""
+    import asyncio, resource, sys
+    from pathlib import Path
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+    from conftest import FAST
+    from unlocker.keystore import changes
+    from unlocker.keystore.slots import Secrets
+    from unlocker.service import broker as b
+    from unlocker.service.keyring import Keyring
+    b.verify = lambda sock, peer, request: None
+    run = Path(sys.argv[1])
+    keyring = Keyring()
+    keyring.load(changes.create("passphrase", Secrets(bytearray(b"x")), FAST))
+    broker = b.Broker(keyring, run / "grants")
+    async def main():
+        await b.listen(run / "credentials.sock", broker.handle_credential)
+        await b.listen(run / "control.sock", lambda r, w: b.handle_control(broker, r, w),
+                       backlog=b.CONTROL_BACKLOG)
+        print("ready", flush=True)
+        await asyncio.sleep(600)
+    asyncio.run(main())
+""")
+
+
+def _request_credential(path: Path, unit: str) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(f"\0{os.urandom(8).hex()}/unit/{unit}/dek".encode())
+        s.settimeout(10)
+        s.connect(str(path))
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        return data
+
+
+def test_idle_control_clients_never_starve_deliveries(tmp_path):
+    (tmp_path / "grants").write_text("granted.service dek raw\n")
+    broker = subprocess.Popen([sys.executable, "-c", STARVED_BROKER, str(tmp_path)], stdout=subprocess.PIPE,
+                              cwd=Path(__file__).resolve().parent.parent, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    idle: list[socket.socket] = []
+    try:
+        assert broker.stdout is not None and broker.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 30
+        for _ in range(1100):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            idle.append(s)
+            s.setblocking(False)
+            while s.connect_ex(str(tmp_path / "control.sock")) == errno.EAGAIN:  # the backlog is full
+                assert time.monotonic() < deadline, "the broker stopped accepting control clients"
+                time.sleep(0.005)
+            s.settimeout(10)
+        start = time.monotonic()
+        assert len(_request_credential(tmp_path / "credentials.sock", "granted.service")) == 32
+        assert time.monotonic() - start < 5
+        assert len(os.listdir(f"/proc/{broker.pid}/fd")) < 200
+        # The clients over the cap were told so; the others are dropped once idle for CONTROL_IDLE_S.
+        replies = Counter(json.loads(s.recv(4096) or b"{}").get("error", "closed") for s in idle)
+        assert replies == {"too many control clients at once; try again": 1100 - MAX_CONTROL_CLIENTS,
+                           f"bad request: nothing received for {CONTROL_IDLE_S:g} s": MAX_CONTROL_CLIENTS}
+    finally:
+        for s in idle:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        broker.kill()
+        broker.wait()

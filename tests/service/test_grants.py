@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -123,3 +125,49 @@ def test_dropin_requires_the_broker_and_refuses_an_empty_credential(tmp_path):
     assert "ExecStartPre=/usr/bin/test -s %d/dek\n" in text
     grants.remove_dropin(g, tmp_path)
     assert not (tmp_path / "app.service.d").exists()
+
+
+def _record_fsyncs(monkeypatch) -> list[str]:
+    """The paths fsync'ed (files and directories), in order."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def _written_like_the_keystore(path: Path, write, monkeypatch) -> None:
+    """write() replaces path crash-safe: a new file (the old inode keeps the old bytes, so no reader
+    ever sees a half-written file), fsync'ed before the rename, then the directory fsync'ed."""
+    keep = path.with_name("old-inode")
+    os.link(path, keep)
+    before = keep.read_bytes()
+    synced = _record_fsyncs(monkeypatch)
+    write()
+    assert keep.read_bytes() == before, "written in place"
+    assert path.stat().st_ino != keep.stat().st_ino
+    assert synced == [str(path.with_name(f".{path.name}.tmp")), str(path.parent)]
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert not path.with_name(f".{path.name}.tmp").exists()
+
+
+def test_the_grant_list_is_written_crash_safe(tmp_path, monkeypatch):
+    path = tmp_path / "grants"
+    a = grants.Grant("a.service", "dek", Format.raw)
+    grants.save({("a.service", "dek"): a}, path)
+    b = grants.Grant("b.service", "dek", Format.raw)
+    _written_like_the_keystore(path, lambda: grants.save({("a.service", "dek"): a, ("b.service", "dek"): b}, path),
+                               monkeypatch)
+    assert set(grants.load(path)) == {("a.service", "dek"), ("b.service", "dek")}
+
+
+def test_a_dropin_is_written_crash_safe(tmp_path, monkeypatch):
+    g = grants.Grant("app.service", "dek", Format.json)
+    path = grants.write_dropin(g, tmp_path)
+    path.write_text("# an older drop-in\n")
+    _written_like_the_keystore(path, lambda: grants.write_dropin(g, tmp_path), monkeypatch)
+    assert "LoadCredential=dek:" in path.read_text()

@@ -238,3 +238,63 @@ def test_a_unit_whose_cgroup_name_systemd_escapes_gets_its_key(machine):
     ok, report = run_consumer(c, "cpu.service")
     assert ok, journal(c, "cpu.service")
     assert bytes.fromhex(report.splitlines()[2]) == expected(c, "hex")
+
+
+# M1 (issue 10): root in another unit moves itself into the granted unit's cgroup (creating it when the
+# unit is not running: cgroupfs belongs to uid 0), then asks with the granted unit's address. Prints
+# "cgroup <errno>" when cgroupfs refuses, else what the broker sent.
+JOINER = r"""
+import os, socket, sys
+unit = sys.argv[1]
+target = f"/sys/fs/cgroup/system.slice/{unit}"
+try:
+    os.makedirs(target, exist_ok=True)
+    with open(f"{target}/cgroup.procs", "w") as f:
+        f.write(str(os.getpid()))
+except OSError as e:
+    print("cgroup", e.errno); sys.exit(0)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(f"\0{os.urandom(8).hex()}/unit/{unit}/dek")
+s.connect("/run/unlocker/credentials.sock")
+data = b""
+while chunk := s.recv(1 << 20):
+    data += chunk
+print(len(data), data.strip(b"\0") == b"", data.hex())
+"""
+
+
+def _join_and_ask(machine, *properties: str) -> str:
+    machine.write("/usr/local/lib/joiner.py", JOINER)
+    argv = ["systemd-run", "--wait", "--pipe", "-q", "--unit=neighbour.service"]
+    argv += [f"--property={p}" for p in properties]
+    try:
+        return machine.run([*argv, "python3", "/usr/local/lib/joiner.py", "granted.service"]).stdout.decode()
+    finally:
+        machine.run(["rmdir", "/sys/fs/cgroup/system.slice/granted.service"], check=False)
+
+
+def test_root_in_another_unit_that_can_write_cgroupfs_gets_the_key(machine):
+    """The limit docs/THREAT-MODEL.md states: the cgroup check cannot tell a process that root moved into
+    the granted unit's cgroup from systemd's own helper. A root service with cgroupfs writable gets the key."""
+    out = _join_and_ask(machine).split()
+    assert bytes.fromhex(out[2]) == expected(machine, "hex"), out[:2]
+
+
+def test_protect_control_groups_keeps_a_root_neighbour_out(machine):
+    """The recommendation: ProtectControlGroups=yes makes cgroupfs read-only for a service, so even as
+    root it cannot join the granted unit's cgroup (EROFS), and never reaches the broker as that unit."""
+    assert _join_and_ask(machine, "ProtectControlGroups=yes").split() == ["cgroup", "30"]
+
+
+def test_the_admin_guides_listing_names_root_services_that_could_join(machine):
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "ADMIN-GUIDE.md").read_text()
+    command = guide[guide.index("systemctl show '*.service'"):].split("\n```")[0]
+    machine.run(["systemd-run", "--unit=loose.service", "sleep", "300"])
+    machine.run(["systemd-run", "--unit=tight.service", "-p", "ProtectControlGroups=yes", "sleep", "300"])
+    machine.run(["systemd-run", "--unit=nobodys.service", "-p", "User=nobody", "sleep", "300"])
+    try:
+        listed = machine.run(["sh", "-c", command]).stdout.decode().split()
+    finally:
+        machine.systemctl("stop", "loose.service", "tight.service", "nobodys.service")
+    assert "Id=loose.service" in listed
+    assert not {"Id=tight.service", "Id=nobodys.service", "Id=unlocker.service"} & set(listed)

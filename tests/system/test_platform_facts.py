@@ -12,9 +12,12 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from unlocker.client.formats import Format
+from unlocker.service import grants
 from unlocker.service.peer import cgroup_escape, cgroup_path
 
 from .container import Container
@@ -326,3 +329,54 @@ def test_cgroup_names_are_escaped_as_peer_py_expects(bare_container):
         p = bare_container.run(["systemd-run", "--wait", "--pipe", "-q", f"--unit={unit}", "cat", "/proc/self/cgroup"])
         seen[unit] = (cgroup_path(p.stdout.decode()) or "").rsplit("/", 1)[-1]
     assert seen == {unit: cgroup_escape(unit) for unit in CGROUP_NAMES}
+
+
+# ---- the grant drop-in's guard against an empty credential ----
+
+def test_the_grant_dropins_guard_runs_after_the_units_own_exec_start_pre_and_before_exec_start(bare_container):
+    """What the `test -s` guard of the drop-in `unlocker grant` writes covers (docs/CREDENTIALS.md), with a
+    server that closes without data (the fail-open trap the broker never falls into): a drop-in's
+    ExecStartPre= lines run after the unit's own, so those see the empty credential; ExecStart= never runs.
+    The drop-in is unlocker's, without its [Unit] dependencies on unlocker.service (not installed here)."""
+    c = bare_container
+    s = server(c, "close")
+    c.write_file("/etc/systemd/system/guarded.service", (
+        "[Service]\nType=oneshot\n"
+        "ExecStartPre=/bin/sh -c 'echo \"own-exec-start-pre $$(stat -c %%s $$CREDENTIALS_DIRECTORY/dek)\" "
+        ">> /run/guarded.order'\n"
+        "ExecStart=/bin/sh -c 'echo own-exec-start >> /run/guarded.order'\n"
+    ))
+    text = grants.dropin(grants.Grant("guarded.service", "dek", Format.raw), socket=Path(s.socket))
+    c.write_file("/etc/systemd/system/guarded.service.d/50-unlocker-dek.conf", text[text.index("[Service]"):])
+    c.systemctl("daemon-reload")
+    assert c.systemctl("start", "guarded.service", check=False).returncode != 0
+    assert c.run(["cat", "/run/guarded.order"], check=False).stdout == b"own-exec-start-pre 0\n"
+    assert c.show("guarded.service", "ActiveState")["ActiveState"] == "failed"
+
+
+def test_exec_condition_gets_no_credentials(bare_container):
+    """Why the guard is not an ExecCondition= (which would run before every ExecStartPre=): on systemd 252
+    a condition command gets no credentials at all, so it could never see the key."""
+    c = bare_container
+    s = server(c, "id")
+    c.write_file("/etc/systemd/system/conditioned.service", (
+        "[Service]\nType=oneshot\nLoadCredential=dek:" + s.socket + "\n"
+        "ExecCondition=/bin/sh -c 'test -e \"$$CREDENTIALS_DIRECTORY/dek\" || exit 255'\nExecStart=/bin/true\n"
+    ))
+    c.systemctl("daemon-reload")
+    assert c.systemctl("start", "conditioned.service", check=False).returncode != 0
+    assert s.connections() == []
+
+
+def test_each_command_of_a_unit_asks_for_its_credentials_anew(bare_container):
+    """The guard can only vouch for its own copy: on systemd 252 the credential is fetched again for every
+    ExecStartPre=/ExecStart= command (the broker never answers with nothing, whichever it is)."""
+    c = bare_container
+    s = server(c, "id")
+    c.write_file("/etc/systemd/system/twice.service", (
+        "[Service]\nType=oneshot\nLoadCredential=dek:" + s.socket + "\n"
+        "ExecStartPre=/bin/true\nExecStart=/bin/true\n"
+    ))
+    c.systemctl("daemon-reload")
+    c.systemctl("start", "twice.service")
+    assert len(s.connections()) == 2

@@ -77,8 +77,16 @@ def tpm_device(g: Globals, option: str | None) -> str | None:
     return config.DEFAULT_TCTI if Path("/dev/tpmrm0").exists() else None
 
 
-def pcr_list(g: Globals, option: str | None) -> tuple[int, ...]:
-    return config.parse_pcr_list(option) if option else g.config.tpm2_pcrs
+TPM_KINDS = (SlotKind.tpm2, SlotKind.tpm2_passphrase, SlotKind.systemd_creds_passphrase)
+
+
+def pcr_list(g: Globals, option: str | None, sealing: bool) -> tuple[int, ...]:
+    """The PCRs from --tpm2-pcrs or the config file; sealing: a TPM slot is about to be made with them."""
+    pcrs = config.parse_pcr_list(option) if option is not None else g.config.tpm2_pcrs
+    if sealing and not pcrs:
+        print("unlocker: warning: PCRs 'none': a TPM slot made now is bound to no PCR, so any boot of this "
+              "machine, whatever it runs, can unseal its share", file=sys.stderr)
+    return pcrs
 
 
 def ask_secret(passphrase_file: str | None, prompt: str, confirm: bool = False) -> bytearray:
@@ -105,7 +113,7 @@ def open_store(g: Globals, passphrase_file: str | None, tcti: str | None, slot: 
 
 def new_secrets(kind: SlotKind, new_passphrase_file: str | None, tcti: str | None) -> tuple[Secrets, bytearray | None]:
     """The secrets for a new slot, and the recovery key to show (once) when one was generated."""
-    if kind in (SlotKind.tpm2, SlotKind.tpm2_passphrase, SlotKind.systemd_creds_passphrase) and tcti is None:
+    if kind in TPM_KINDS and tcti is None:
         raise InvalidInput(f"a {kind} slot needs a TPM: none found; pass --tpm2-device")
     if kind == SlotKind.recovery:
         key = recovery.generate()
@@ -114,7 +122,14 @@ def new_secrets(kind: SlotKind, new_passphrase_file: str | None, tcti: str | Non
         return Secrets(bytearray(shown), tcti), shown
     if kind == SlotKind.tpm2:
         return Secrets(None, tcti), None
-    return Secrets(ask_secret(new_passphrase_file, "New passphrase: ", confirm=True), tcti), None
+    passphrase = ask_secret(new_passphrase_file, "New passphrase: ", confirm=True)
+    if kind in TPM_KINDS and recovery.RecoverySlot().accepts(Secrets(passphrase)):
+        wipe(passphrase)
+        # Such a secret goes to recovery slots, then passphrase slots, never to TPM slots (a recovery key
+        # that does not fit must not cost a TPM dictionary-attack try): this slot could not be opened.
+        raise InvalidInput("that passphrase is shaped like a recovery key (8 groups of modhex), so it would "
+                           f"never be tried on a {kind} slot; choose another")
+    return Secrets(passphrase, tcti), None
 
 
 def show_recovery_key(shown: bytearray) -> None:

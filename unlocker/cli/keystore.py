@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from unlocker.cli.common import (
+    TPM_KINDS,
     KdfMemory,
     KdfTime,
     NewPassphraseFile,
@@ -59,12 +60,14 @@ def init(
         try:
             esapi.probe(tcti)
             kind = SlotKind.tpm2_passphrase
-            print(f"TPM found at {tcti}: the first slot is tpm2+passphrase (PCR {format_pcrs(pcr_list(g, tpm2_pcrs))})")
+            pcrs = format_pcrs(pcr_list(g, tpm2_pcrs, sealing=False))
+            print(f"TPM found at {tcti}: the first slot is tpm2+passphrase (PCR {pcrs})")
         except TpmError:
             if tpm2_device:
                 raise
             print(f"no TPM answered at {tcti}: the first slot is a passphrase slot")
-    options = EnrollOptions(kdf_time_ms=kdf_time, kdf_memory_kib=kdf_memory, pcrs=pcr_list(g, tpm2_pcrs))
+    options = EnrollOptions(kdf_time_ms=kdf_time, kdf_memory_kib=kdf_memory,
+                            pcrs=pcr_list(g, tpm2_pcrs, sealing=kind in TPM_KINDS))
     secrets, _ = new_secrets(kind, passphrase_file, tcti)
     try:
         opened = changes.create(kind.value, secrets, options)
@@ -77,7 +80,7 @@ def init(
             rsecrets, shown = new_secrets(SlotKind.recovery, None, None)
             keystore = changes.add_slot(Unlocked(keystore, opened.store_key, 0), "recovery", rsecrets, options)
             wipe(rsecrets.passphrase)
-        g.keystore.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        storage.make_directory(storage.resolve(g.keystore).parent)
         storage.write(g.keystore, keystore, expected_generation=None)
     finally:
         opened.close()
@@ -104,7 +107,8 @@ def enroll(
     opened = open_store(g, passphrase_file, tcti, slot)
     try:
         secrets, shown = new_secrets(kind, new_passphrase_file, tcti)
-        options = EnrollOptions(kdf_time_ms=kdf_time, kdf_memory_kib=kdf_memory, pcrs=pcr_list(g, tpm2_pcrs))
+        options = EnrollOptions(kdf_time_ms=kdf_time, kdf_memory_kib=kdf_memory,
+                                pcrs=pcr_list(g, tpm2_pcrs, sealing=kind in TPM_KINDS))
         try:
             keystore = changes.add_slot(opened, kind.value, secrets, options)
         finally:

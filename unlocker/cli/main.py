@@ -30,6 +30,9 @@ def main() -> None:
         argv = [sys.executable, "-m", "unlocker", *sys.argv[1:]]
         os.execve(sys.executable, argv, memory.environment_with_scrubbing())  # noqa: S606
     memory.scrub_freed_memory()
+    # Every command, not only those known to hold the store key: a SIGQUIT at a prompt (or a crash) must
+    # never write a key, a passphrase or a recovery key into a core file.
+    memory.harden_process()
     debug = "--debug" in sys.argv
     if "_UNLOCKER_COMPLETE" in os.environ:
         # bash asks for completions by running us with this variable (the script scripts/man writes);

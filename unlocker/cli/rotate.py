@@ -80,7 +80,8 @@ def rotate(
     kek: a new store key; every DEK re-wrapped, every slot re-created (asks for what each slot needs)."""
     g = globals_of(ctx)
     tcti = tpm_device(g, tpm2_device)
-    options = EnrollOptions(kdf_time_ms=kdf_time, kdf_memory_kib=kdf_memory, pcrs=pcr_list(g, tpm2_pcrs))
+    options = EnrollOptions(kdf_time_ms=kdf_time, kdf_memory_kib=kdf_memory,
+                            pcrs=pcr_list(g, tpm2_pcrs, sealing=kind in (RotateKind.tpm2, RotateKind.kek)))
     with storage.locked(g.keystore):
         if kind == RotateKind.kek:
             before, after, opened = _rotate_kek(g, tcti, options, passphrase_file, slot,

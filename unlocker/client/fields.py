@@ -15,9 +15,9 @@ another row or column does not decrypt. The PHP recipe (docs/recipes/php-nginx.m
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import os
+import re
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 PREFIX = "uk1"
 NONCE_BYTES = 12
 AAD_LABEL = b"unlocker field v1\0"
+MAX_KEY_ID = 2**31 - 1  # the keystore's DEK ids; a token carries it in 4 bytes
+_KEY_ID = re.compile(r"[1-9][0-9]{0,9}")
 
 
 class KeyringError(Exception):
@@ -42,6 +44,8 @@ def field_aad(table: str, column: str, row_id: str | int) -> bytes:
 
 class Keyring:
     def __init__(self, keys: dict[int, bytes], primary: int) -> None:
+        if any(type(k) is not int or not 1 <= k <= MAX_KEY_ID for k in keys):
+            raise KeyringError(f"key ids must be integers 1..{MAX_KEY_ID}")
         if primary not in keys:
             raise KeyringError("the keyring names a primary key it does not contain")
         self.primary = primary
@@ -61,16 +65,21 @@ class Keyring:
             data = path.read_bytes()
         except OSError as e:
             raise KeyringError(f"cannot read the credential {path}: {e.strerror}") from None
+        return cls.from_bytes(data, f"the credential {path}")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "the credential") -> Keyring:
+        """A keyring from the json format's bytes. Raises KeyringError (naming `source`) and nothing else."""
         if not data.strip():
-            raise KeyringError(f"the credential {path} is empty: the unit must not run without its key")
+            raise KeyringError(f"{source} is empty: the unit must not run without its key")
         try:
             doc = json.loads(data)
-            keys = {int(k["id"]): base64.b64decode(k["key"], validate=True) for k in doc["keys"]}
-            primary = int(doc["primary"])
-        except (ValueError, KeyError, TypeError, binascii.Error):
-            raise KeyringError(f"the credential {path} is not unlocker's json format") from None
+            keys = {_key_id(k["id"]): base64.b64decode(k["key"], validate=True) for k in doc["keys"]}
+            primary = _key_id(doc["primary"])
+        except (ValueError, KeyError, TypeError, RecursionError):  # binascii.Error is a ValueError
+            raise KeyringError(f"{source} is not unlocker's json format") from None
         if any(len(k) != 32 for k in keys.values()):
-            raise KeyringError(f"the credential {path} holds a key that is not 32 bytes")
+            raise KeyringError(f"{source} holds a key that is not 32 bytes")
         return cls(keys, primary)
 
     def encrypt_bytes(self, plaintext: bytes, aad: bytes) -> bytes:
@@ -97,10 +106,19 @@ class Keyring:
     def decrypt(self, token: str, aad: bytes) -> bytes:
         prefix, _, rest = token.partition(":")
         key_id, _, body = rest.partition(":")
-        if prefix != PREFIX or not key_id.isdigit():
+        if prefix != PREFIX or not _KEY_ID.fullmatch(key_id) or int(key_id) > MAX_KEY_ID:
             raise KeyringError("not an unlocker field token")
         try:
             raw = base64.b64decode(body, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a character that is not ASCII
             raise KeyringError("malformed token") from None
+        if base64.b64encode(raw).decode() != body:
+            raise KeyringError("malformed token (non-canonical base64)")
         return self.decrypt_bytes(int(key_id).to_bytes(4, "big") + raw, aad)
+
+
+def _key_id(value: object) -> int:
+    """A key id as the json format writes it: an integer 1..2^31-1 (not a bool, float or string)."""
+    if type(value) is not int or not 1 <= value <= MAX_KEY_ID:
+        raise ValueError("bad key id")
+    return value

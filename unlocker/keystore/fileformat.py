@@ -46,6 +46,8 @@ WRAPPED_KEY_BYTES = KEY_BYTES + 16
 NONCE_BYTES = 12
 MAC_BYTES = 32
 DEK_STATES = ("primary", "active", "retired")
+# A creation time up to the last second of year 9999: what a date can show (time.gmtime, strftime %Y).
+MAX_CREATED = 253402300799
 TPM_BANKS = ("sha256",)
 
 _INT = re.compile(r"0|[1-9][0-9]{0,17}")
@@ -199,8 +201,13 @@ class DamagedSlot:
     digest: bytes
 
 
+def _bytes(text: str) -> bytes:
+    # surrogateescape: a damaged slot line may hold any byte, kept as it was read (see _split).
+    return text.encode("ascii", "surrogateescape")
+
+
 def slot_digest(line: str) -> bytes:
-    return hashlib.sha256(line.encode("ascii")).digest()
+    return hashlib.sha256(_bytes(line)).digest()
 
 
 @dataclass(frozen=True)
@@ -235,7 +242,7 @@ class Keystore:
         lines = self._header_lines() + [line for _, line, _ in self._slot_lines()]
         lines += [d.line() for d in self.deks] + [self._digests_line(), mac_line]
         lines.append(f"sha256 {hashlib.sha256(checked).hexdigest()}")
-        return ("\n".join(lines) + "\n").encode("ascii")
+        return _bytes("\n".join(lines) + "\n")
 
     def slot(self, index: int) -> Slot:
         for s in self.slots:
@@ -265,6 +272,8 @@ def _wrapped(fields: list[str], at: int) -> tuple[bytes, bytes]:
 
 
 def _parse_slot(fields: list[str]) -> Slot:
+    if fields[0] != "slot":
+        raise FormatError("expected a 'slot' line")
     if len(fields) < 3:
         raise FormatError("truncated slot line")
     index, slot_type = parse_int(fields[1]), fields[2]
@@ -289,6 +298,8 @@ def _parse_slot(fields: list[str]) -> Slot:
 
 
 def _parse_dek(fields: list[str]) -> Dek:
+    if fields[0] != "dek":
+        raise FormatError("expected a 'dek' line")
     if len(fields) != 6:
         raise FormatError("dek line needs id, state, created, nonce, key")
     dek_id, state, created = parse_int(fields[1]), fields[2], parse_int(fields[3])
@@ -296,6 +307,8 @@ def _parse_dek(fields: list[str]) -> Dek:
         raise FormatError(f"dek id {dek_id} out of range")
     if state not in DEK_STATES:
         raise FormatError(f"dek {dek_id}: unknown state {state[:20]!r}")
+    if created > MAX_CREATED:
+        raise FormatError(f"dek {dek_id}: creation time {created} out of range (0..{MAX_CREATED})")
     nonce, wrapped = _wrapped(fields, 4)
     if len(wrapped) != WRAPPED_KEY_BYTES:
         raise FormatError(f"dek {dek_id}: wrapped key has the wrong size")
@@ -325,10 +338,9 @@ def _parse_digests(text: str) -> list[tuple[int, bytes]]:
 def _split(data: bytes) -> list[str]:
     if len(data) > MAX_FILE_BYTES:
         raise FormatError("file too large")
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        raise FormatError("file contains non-ASCII bytes") from None
+    # Bytes that are not ASCII are kept (as lone surrogates) so that one in a slot line costs only that
+    # slot, which no longer matches its digest; parse() refuses them anywhere else.
+    text = data.decode("ascii", "surrogateescape")
     lines = text.split("\n")
     first = lines[0].split(" ")
     if first[0] != MAGIC or len(first) != 2:
@@ -355,6 +367,8 @@ def parse(data: bytes) -> Keystore:
     if len(lines) < 3 + len(digests) + 1 + 3:
         raise FormatError("file is truncated (fewer slot lines than the slots line lists)")
     slot_lines, dek_lines = lines[3 : 3 + len(digests)], lines[3 + len(digests) : -3]
+    if not all(line.isascii() for line in lines[:3] + dek_lines + lines[-3:]):
+        raise FormatError("file contains non-ASCII bytes outside the slot lines")
     checked = "\n".join(lines[:3] + dek_lines + lines[-3:-1]) + "\n"
     if _expect(lines[-1], "sha256") != hashlib.sha256(checked.encode("ascii")).hexdigest():
         raise FormatError("checksum mismatch (disk error, truncated copy or edited file)")

@@ -5,6 +5,7 @@ Outputs are written into bytearrays the caller owns and wipes (derive_into), nev
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -13,7 +14,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from unlocker.errors import InvalidInput
+from unlocker.errors import InvalidInput, KdfCostRefused
+
+log = logging.getLogger("unlocker")
 
 # Bounds enforced before anything is allocated: a keystore edited to ask for 1 TiB of memory or a
 # billion passes must be refused, not obeyed.
@@ -24,6 +27,15 @@ MAX_ITERATIONS = 1000
 LANES = 4
 MAX_LANES = 16
 SALT_BYTES = 16
+# Checked before deriving, on top of the format's bounds: memory x passes at most 64 GiB (about 45 s on
+# a 2-core 2026 server; 4 GiB x 1000 passes, inside the format's bounds, ran for about an hour), and
+# memory at most half of this machine's RAM. A slot beyond either is refused, never run.
+MAX_WORK_KIB = 64 * 1024 * 1024
+MAX_KDF_TIME_MS = 60_000
+# OWASP's floor for Argon2id (19 MiB with 2 passes, or the same memory x passes): below it `calibrate`
+# warns. RFC 9106 recommends more (64 MiB, 3 passes, when memory is constrained).
+OWASP_MIN_MEMORY_KIB = 19 * 1024
+OWASP_MIN_WORK_KIB = 2 * 19 * 1024
 
 
 @dataclass(frozen=True)
@@ -42,9 +54,27 @@ class Argon2Params:
             raise ValueError(f"argon2id lanes {self.lanes} outside 1..{MAX_LANES}")
 
 
+def ram_kib() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024
+
+
+def check_affordable(params: Argon2Params) -> None:
+    """Raise KdfCostRefused when deriving with these costs would take this machine down or take minutes."""
+    half_ram = ram_kib() // 2
+    if params.memory_kib > half_ram:
+        raise KdfCostRefused(f"Argon2id asks for {params.memory_kib // 1024} MiB, more than half of this "
+                             f"machine's RAM ({half_ram // 1024} MiB); refusing to derive")
+    if params.memory_kib * params.iterations > MAX_WORK_KIB:
+        raise KdfCostRefused(f"Argon2id asks for {params.memory_kib // 1024} MiB x {params.iterations} passes, "
+                             f"more than the ceiling of {MAX_WORK_KIB // 1024 // 1024} GiB x passes; "
+                             "refusing to derive")
+
+
 def argon2id(secret: bytes | bytearray, salt: bytes, params: Argon2Params, length: int) -> bytearray:
-    """Argon2id(secret, salt) into a new bytearray of `length` bytes. Raises ValueError on bad params."""
+    """Argon2id(secret, salt) into a new bytearray of `length` bytes. Raises ValueError on params outside
+    the format's bounds, KdfCostRefused on costs this machine will not spend."""
     params.check()
+    check_affordable(params)
     out = bytearray(length)
     kdf = Argon2id(
         salt=salt, length=length, iterations=params.iterations, lanes=params.lanes,
@@ -63,8 +93,7 @@ def hkdf(ikm: bytes | bytearray, salt: bytes, info: bytes, length: int = 32) -> 
 
 def default_max_memory_kib() -> int:
     """1 GiB, but never more than half of this machine's RAM (cryptsetup's rule)."""
-    total_kib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024
-    return max(MIN_MEMORY_KIB, min(1024 * 1024, total_kib // 2))
+    return max(MIN_MEMORY_KIB, min(1024 * 1024, ram_kib() // 2))
 
 
 def _time_once(params: Argon2Params) -> float:
@@ -82,8 +111,8 @@ def calibrate(target_ms: int, max_memory_kib: int | None = None) -> Argon2Params
     while a single pass stays under a third of the target, then iterations to fill the time. A run costs
     a fixed part (allocating and touching the memory) plus one part per pass, so both are measured.
     """
-    if target_ms < 1:
-        raise InvalidInput("--kdf-time must be at least 1 ms")
+    if not 1 <= target_ms <= MAX_KDF_TIME_MS:
+        raise InvalidInput(f"--kdf-time must be between 1 and {MAX_KDF_TIME_MS} ms")
     cap = max_memory_kib or default_max_memory_kib()
     if not MIN_MEMORY_KIB <= cap <= MAX_MEMORY_KIB:
         raise InvalidInput(f"--kdf-memory must be between {MIN_MEMORY_KIB} and {MAX_MEMORY_KIB} KiB")
@@ -99,4 +128,10 @@ def calibrate(target_ms: int, max_memory_kib: int | None = None) -> Argon2Params
     per_pass = max((four_passes - one_pass) / 3, one_pass / 4)
     fixed = max(one_pass - per_pass, 0.0)
     iterations = round((target - fixed) / per_pass)
-    return Argon2Params(memory, max(MIN_ITERATIONS, min(MAX_ITERATIONS, iterations)))
+    params = Argon2Params(memory, max(MIN_ITERATIONS, min(MAX_ITERATIONS, MAX_WORK_KIB // memory, iterations)))
+    if params.memory_kib < OWASP_MIN_MEMORY_KIB or params.memory_kib * params.iterations < OWASP_MIN_WORK_KIB:
+        log.warning("warning: Argon2id calibrated to %d MiB x %d passes, below OWASP's minimum (19 MiB x 2) "
+                    "and RFC 9106's recommendation (64 MiB x 3): each guess at this passphrase costs an "
+                    "attacker little; use --kdf-time 2000 (the default) or more", params.memory_kib // 1024,
+                    params.iterations)
+    return params

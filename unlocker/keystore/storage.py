@@ -29,6 +29,53 @@ def backup_path(path: Path) -> Path:
     return path.with_name(path.name + ".bak")
 
 
+def _unsafe(st: os.stat_result) -> str | None:
+    """Why a file or directory with this stat is not safe to keep keys in, or None when it is: it must
+    belong to root (or to whoever runs this) and be writable by nobody else."""
+    if st.st_uid not in (0, os.geteuid()):
+        return f"owned by uid {st.st_uid}"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"writable by {'others' if st.st_mode & stat.S_IWOTH else 'its group'} (mode {st.st_mode & 0o7777:04o})"
+    return None
+
+
+def check_directory(path: Path) -> None:
+    """Refuse a keystore whose directory someone else could write: they could plant the temp file, the
+    lock or the keystore itself. Raises UnlockerError saying how to fix it."""
+    directory = path.parent
+    try:
+        reason = _unsafe(os.stat(directory))
+    except FileNotFoundError:
+        raise UnlockerError(f"no keystore at {path}; create one with 'unlocker init'") from None
+    except OSError as e:
+        raise UnlockerError(f"cannot use {directory}: {e.strerror}") from None
+    if reason:
+        raise UnlockerError(f"refusing the keystore in {directory}: the directory is {reason}; "
+                            f"make it root's and 0700 (chown root: {directory}; chmod 0700 {directory})")
+
+
+def resolve(path: Path) -> Path:
+    """The file a (possibly symlinked) keystore path names: writes go there, so the link stays a link,
+    and the temp file, lock and backup live beside the real file."""
+    return Path(os.path.realpath(path))
+
+
+def make_directory(directory: Path) -> None:
+    """Create directory and any missing parent, each 0700 whatever the umask."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+            os.chmod(d, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise UnlockerError(f"cannot create {d}: {e.strerror}") from None
+
+
 def _read_bytes(path: Path) -> bytes:
     """The file's bytes (at most one more than the format allows). Raises UnlockerError for anything but a
     readable regular file."""
@@ -45,8 +92,14 @@ def _read_bytes(path: Path) -> bytes:
             raise _not_regular(path) from None
         raise UnlockerError(f"cannot read {path}: {e.strerror}") from None  # a symlink loop, a name too long
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise _not_regular(path)
+        reason = _unsafe(st)
+        if reason:
+            raise UnlockerError(f"refusing {path}: it is {reason}; make it root's and 0600 "
+                                f"(chown root: {path}; chmod 0600 {path})")
+        check_directory(resolve(path))
         with open(fd, "rb", buffering=0, closefd=False) as f:
             return f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
@@ -87,8 +140,13 @@ def open_from(path: Path, keystore: Keystore, secrets: Secrets, only_slot: int |
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Exclusive lock on <keystore>.lock. Refuses at once (no queueing of secret-changing commands)."""
+    path = resolve(path)
+    check_directory(path)
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise UnlockerError(f"cannot open the lock {lock_path}: {e.strerror}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -107,12 +165,21 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _replace(path: Path, data: bytes, step: str) -> None:
-    """Atomically make path hold data: temp file beside it, fsync, rename, fsync the directory."""
+def replace_file(path: Path, data: bytes, step: str, mode: int = 0o600, what: str = "the keystore") -> None:
+    """Atomically make path hold data: temp file beside it, fsync, rename, fsync the directory. A crash
+    leaves the old content or the new; a failure leaves the old. Raises UnlockerError naming `what`."""
     tmp = path.with_name(f".{path.name}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
+            fd = os.open(tmp, flags, mode)
+        except FileExistsError:
+            # Left by a crash (the caller holds the lock, and nobody else can write the directory).
+            # Never reuse it: its owner and mode are not ours to trust.
+            os.unlink(tmp)
+            fd = os.open(tmp, flags, mode)
+        try:
+            os.fchmod(fd, mode)  # whatever the umask
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
@@ -128,7 +195,7 @@ def _replace(path: Path, data: bytes, step: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
-        raise UnlockerError(f"cannot write {path}: {reason}; the keystore is unchanged") from None
+        raise UnlockerError(f"cannot write {path}: {reason}; {what} is unchanged") from None
 
 
 def write(path: Path, new: Keystore, expected_generation: int | None, *, lock: bool = True,
@@ -141,7 +208,9 @@ def write(path: Path, new: Keystore, expected_generation: int | None, *, lock: b
     rotate_backup: after a secret was rotated, the backup must not keep opening with the old secret,
     so it becomes a copy of the new generation instead of the previous one.
     """
+    path = resolve(path)
     with locked(path) if lock else contextlib.nullcontext():
+        check_directory(path)
         if expected_generation is None:
             if path.exists():
                 raise UnlockerError(f"a keystore already exists at {path}; refusing to overwrite it")
@@ -154,22 +223,28 @@ def write(path: Path, new: Keystore, expected_generation: int | None, *, lock: b
             if generation != expected_generation:
                 raise KeystoreBusy(f"{path} changed while this command ran; run it again")
             if not rotate_backup:
-                _replace(backup_path(path), current, "backup")
+                replace_file(backup_path(path), current, "backup")
         data = new.serialize()
-        _replace(path, data, "keystore")
+        replace_file(path, data, "keystore")
         if rotate_backup:
-            _replace(backup_path(path), data, "backup")
+            replace_file(backup_path(path), data, "backup")
 
 
 def restore_backup(path: Path) -> Keystore:
     """Put the backup generation back. The current file, damaged or not, is kept as <name>.damaged."""
+    path = resolve(path)
     with locked(path):
         backup = backup_path(path)
+        if not os.path.lexists(backup):
+            # Not _read_bytes' "create one with 'unlocker init'": that would replace a keystore that may
+            # only need its passphrase, and the data it unlocks would be lost.
+            raise UnlockerError(f"no backup at {backup}: there is none until the keystore's first change "
+                                "after 'unlocker init'; nothing was restored and nothing was changed")
         try:
             keystore = parse(_read_bytes(backup))
         except FormatError as e:
             raise KeystoreDamaged(backup, str(e)) from None
         if path.exists():
-            _replace(path.with_name(path.name + ".damaged"), _read_bytes(path), "damaged")
-        _replace(path, keystore.serialize(), "restore")
+            replace_file(path.with_name(path.name + ".damaged"), _read_bytes(path), "damaged")
+        replace_file(path, keystore.serialize(), "restore")
         return keystore

@@ -8,7 +8,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from unlocker.errors import InvalidInput, TpmError, TpmLockout, WrongSecret
+from unlocker.errors import InvalidInput, KdfCostRefused, TpmError, TpmLockout, WrongSecret
 from unlocker.keystore import aead, kdf
 from unlocker.keystore.fileformat import KEY_BYTES, Dek, FormatError, Keystore, Slot
 from unlocker.keystore.slots import Secrets, slot_type
@@ -76,7 +76,9 @@ def open_keystore(keystore: Keystore, secrets: Secrets, only_slot: int | None = 
     """Try each slot that takes these secrets, in order, until one opens; then authenticate the whole
     header. Raises WrongSecret when none opens, the first TPM error when a TPM slot failed for a reason
     other than the passphrase (so "PCRs changed" is not reported as "wrong passphrase"), TpmLockout at
-    once (trying further TPM slots would only burn attempts), FormatError when the header MAC fails.
+    once (trying further TPM slots would only burn attempts), KdfCostRefused when the only slots that
+    could open ask for more Argon2id memory or work than this machine spends, FormatError when the header
+    MAC fails.
     """
     if only_slot is not None and any(d.index == only_slot for d in keystore.damaged):
         raise FormatError(f"slot {only_slot} is damaged")
@@ -84,19 +86,35 @@ def open_keystore(keystore: Keystore, secrets: Secrets, only_slot: int | None = 
         s for s in keystore.slots
         if (only_slot is None or s.index == only_slot) and slot_type(s.type).accepts(secrets)
     ]
-    # A recovery key goes to recovery slots only, and slots that cost nothing to try go before TPM
-    # slots: a wrong guess at a TPM slot is counted by its dictionary-attack protection.
+    # A recovery key goes to recovery slots first; a secret shaped like one may still be a passphrase,
+    # so passphrase slots come next, but never TPM slots when a recovery slot took it: a recovery key
+    # that does not fit must not cost a try at a TPM's dictionary-attack counter. Slots that cost nothing
+    # to try go before TPM slots for the same reason.
     if any(s.type == "recovery" for s in candidates):
-        candidates = [s for s in candidates if s.type == "recovery"]
-    candidates.sort(key=lambda s: (slot_type(s.type).needs_tpm, s.index))
+        candidates = [s for s in candidates if not slot_type(s.type).needs_tpm]
+    candidates.sort(key=lambda s: (s.type != "recovery", slot_type(s.type).needs_tpm, s.index))
     if not candidates:
+        if keystore.damaged:
+            raise FormatError(f"no intact slot takes what was supplied, and slot(s) {damaged_list(keystore)} "
+                              "are damaged (the secret may belong to one of them)")
         which = f"slot {only_slot}" if only_slot is not None else "no slot"
         raise InvalidInput(f"{which} of this keystore can be opened with what was supplied")
     tpm_error: TpmError | None = None
+    cost_error: KdfCostRefused | None = None
+    mistyped: InvalidInput | None = None
     for slot in candidates:
         try:
             store_key = _try_slot(keystore, slot, secrets)
         except WrongSecret:
+            continue
+        except KdfCostRefused as e:
+            # Costs are read before the MAC can be checked: a forged slot costs only that slot.
+            cost_error = cost_error or KdfCostRefused(f"slot {slot.index}: {e}")
+            continue
+        except InvalidInput as e:
+            if slot.type != "recovery":
+                raise
+            mistyped = e  # shaped like a recovery key with a bad checksum: maybe a passphrase
             continue
         except TpmLockout:
             raise
@@ -109,6 +127,10 @@ def open_keystore(keystore: Keystore, secrets: Secrets, only_slot: int | None = 
         return Unlocked(keystore, store_key, slot.index)
     if tpm_error is not None:
         raise tpm_error
+    if cost_error is not None:
+        raise cost_error
+    if mistyped is not None:
+        raise mistyped
     if keystore.damaged:
         raise FormatError(
             f"no intact slot opened, and slot(s) {damaged_list(keystore)} are damaged "

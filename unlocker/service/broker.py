@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import resource
 import select
 import socket
 import struct
@@ -32,6 +33,12 @@ from unlocker.service.peer import PeerError, Request, in_unit_cgroup, parse_addr
 
 DENIAL_BYTES = 1024 * 1024 + 1
 SEND_TIMEOUT_S = 10.0
+# The control socket may never take the descriptors deliveries need: at most this many control clients at
+# once (the rest are answered "busy" and closed at once), each dropped when idle this long, and no more
+# than this many accepted per turn of the event loop (the listen backlog).
+MAX_CONTROL_CLIENTS = 32
+CONTROL_IDLE_S = 5.0
+CONTROL_BACKLOG = 16
 SO_PEERPIDFD = 77  # Linux 6.5+; a pidfd for the peer that cannot be confused with a reused pid
 _DENIAL = bytes(DENIAL_BYTES)
 
@@ -84,8 +91,11 @@ def verify(sock: socket.socket, peer: Peer, request: Request) -> None:
         except OSError:
             raise PeerError("peer exited before it could be checked") from None
         # The pidfd becomes readable when the process exits: if it is still running now, the cgroup we
-        # read was its own, not that of a process that reused the pid.
-        if select.select([pidfd], [], [], 0)[0]:
+        # read was its own, not that of a process that reused the pid. poll, not select: a descriptor
+        # above FD_SETSIZE (1024) would make select() raise, and the connection close without data.
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if poller.poll(0):
             raise PeerError("peer exited before it could be checked")
     finally:
         os.close(pidfd)
@@ -117,6 +127,7 @@ class Broker:
         self._grants_stamp: tuple[int, int] | None = None
         self._grants_error: str | None = None
         self.control_handlers: dict[str, object] = {}
+        self.control_clients = 0
 
     def current_grants(self) -> dict[tuple[str, str], grants.Grant]:
         """The grant list, re-read when the file changed (grant/revoke need no restart)."""
@@ -221,28 +232,52 @@ class Broker:
 
 async def handle_control(broker: Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """One JSON request line, one JSON reply line. Root only: the socket is 0600 and the uid is checked."""
+    if broker.control_clients >= MAX_CONTROL_CLIENTS:
+        with contextlib.suppress(OSError):
+            writer.write(b'{"ok": false, "error": "too many control clients at once; try again"}\n')
+        writer.close()  # no drain: a client that does not read must not hold this descriptor
+        return
+    broker.control_clients += 1
+    try:
+        await _control_exchange(broker, reader, writer)
+    finally:
+        broker.control_clients -= 1
+        writer.close()
+
+
+async def _control_exchange(broker: Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     sock: socket.socket = writer.get_extra_info("socket")
     try:
         if peer_of(sock).uid != 0:
             reply: dict[str, object] = {"ok": False, "error": "the control socket is for root only"}
         else:
-            line = await asyncio.wait_for(reader.readline(), 30)
-            request = json.loads(line or b"{}")
-            if not isinstance(request, dict):
-                raise ValueError("a request is a JSON object")
+            request = parse_control_request(await asyncio.wait_for(reader.readline(), CONTROL_IDLE_S))
             secret = None
-            if isinstance(request.get("secret_bytes"), int) and 0 < request["secret_bytes"] <= 64:
-                secret = bytearray(await asyncio.wait_for(reader.readexactly(request["secret_bytes"]), 30))
+            size = request.get("secret_bytes")
+            if isinstance(size, int) and not isinstance(size, bool) and 0 < size <= 64:
+                secret = bytearray(await asyncio.wait_for(reader.readexactly(size), CONTROL_IDLE_S))
             try:
                 reply = await dispatch(broker, request, secret)
             finally:
                 wipe(secret)
-    except (ValueError, TimeoutError, OSError, asyncio.IncompleteReadError) as e:
+    except TimeoutError:
+        reply = {"ok": False, "error": f"bad request: nothing received for {CONTROL_IDLE_S:g} s"}
+    except (ValueError, OSError, asyncio.IncompleteReadError) as e:
         reply = {"ok": False, "error": f"bad request: {e}"}
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, TimeoutError):
         writer.write(json.dumps(reply).encode() + b"\n")
-        await writer.drain()
-    writer.close()
+        await asyncio.wait_for(writer.drain(), CONTROL_IDLE_S)
+
+
+def parse_control_request(line: bytes) -> dict[str, object]:
+    """One request line of the control protocol: a JSON object. Raises ValueError and nothing else."""
+    try:
+        request = json.loads(line or b"{}")
+    except RecursionError:  # "[[[[..." nested deeper than Python's stack
+        raise ValueError("a request nests too deeply") from None
+    if not isinstance(request, dict):
+        raise ValueError("a request is a JSON object")
+    return request
 
 
 async def dispatch(broker: Broker, request: dict[str, object], secret: bytearray | None = None) -> dict[str, object]:
@@ -259,12 +294,22 @@ async def dispatch(broker: Broker, request: dict[str, object], secret: bytearray
     return result
 
 
-async def listen(path: Path, handler: Callable[..., Awaitable[None]], mode: int = 0o600) -> asyncio.Server:
+def raise_descriptor_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one (the unit's LimitNOFILE=): the broker polls, never select()s,
+    so descriptors above 1024 are safe, and a burst of connections must not run it out of them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def listen(path: Path, handler: Callable[..., Awaitable[None]], mode: int = 0o600,
+                 backlog: int = 1024) -> asyncio.Server:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     old = os.umask(0o177)
     try:
-        server = await asyncio.start_unix_server(handler, path=str(path), backlog=1024)
+        server = await asyncio.start_unix_server(handler, path=str(path), backlog=backlog)
     finally:
         os.umask(old)
     os.chmod(path, mode)

@@ -10,12 +10,12 @@ broker, start after (and only with) unlocker.service, and refuse to start on an 
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from unlocker.client.formats import Format
 from unlocker.errors import InvalidInput
+from unlocker.keystore.storage import replace_file
 from unlocker.service.peer import CREDENTIAL_ID_RULE, MAX_ADDRESS_BYTES, is_credential_id, is_unit_name
 
 GRANTS_FILE = Path("/etc/unlocker/grants")
@@ -73,13 +73,20 @@ def parse(text: str) -> dict[tuple[str, str], Grant]:
 def load(path: Path = GRANTS_FILE) -> dict[tuple[str, str], Grant]:
     """The grant list at path ({} when there is none). Raises InvalidInput naming the file and line."""
     try:
-        return parse(path.read_text(encoding="ascii"))
+        data = path.read_bytes()
     except FileNotFoundError:
         return {}
+    return parse_bytes(data, str(path))
+
+
+def parse_bytes(data: bytes, source: str = "the grant list") -> dict[tuple[str, str], Grant]:
+    """The grant list's bytes. Raises InvalidInput (naming `source` and the line) and nothing else."""
+    try:
+        return parse(data.decode("ascii"))
     except UnicodeDecodeError:
-        raise InvalidInput(f"{path}: not ASCII text") from None
+        raise InvalidInput(f"{source}: not ASCII text") from None
     except InvalidInput as e:
-        raise InvalidInput(f"{path} {e}") from None
+        raise InvalidInput(f"{source} {e}") from None
 
 
 def serialize(grants: dict[tuple[str, str], Grant]) -> str:
@@ -95,12 +102,11 @@ def serialize(grants: dict[tuple[str, str], Grant]) -> str:
 
 
 def save(grants: dict[tuple[str, str], Grant], path: Path = GRANTS_FILE) -> None:
+    """Write the list like the keystore (beside, fsync, rename, fsync the directory): the broker re-reads it
+    on change, and a half-written list would be a parse error (every request refused) after a crash."""
     text = serialize(grants)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)
-    os.rename(tmp, path)
+    replace_file(path, text.encode("ascii"), "grants", mode=0o644, what="the grant list")
 
 
 def dropin_path(grant: Grant, unit_dir: Path = UNIT_DIR) -> Path:
@@ -110,8 +116,10 @@ def dropin_path(grant: Grant, unit_dir: Path = UNIT_DIR) -> Path:
 def dropin(grant: Grant, socket: Path = CREDENTIAL_SOCKET) -> str:
     check(grant.unit, grant.credential)  # the id goes into directives: nothing may break out of its line
     # Requires= + After=: the unit waits for the unlock and never starts without the broker. The
-    # ExecStartPre= check closes systemd's fail-open path: a credential socket that closes without data
-    # gives the unit an EMPTY credential, and it would start.
+    # ExecStartPre= check backs up the broker against systemd's fail-open path (a credential socket that
+    # closes without data gives the unit an EMPTY credential, and it would start). On systemd 252 it runs
+    # after the unit's own ExecStartPre= lines, and an ExecCondition= gets no credentials at all
+    # (tests/system/test_platform_facts.py), so it guards ExecStart= only.
     return (
         "# Written by 'unlocker grant'; removed by 'unlocker revoke'.\n"
         "[Unit]\n"
@@ -128,7 +136,8 @@ def write_dropin(grant: Grant, unit_dir: Path = UNIT_DIR) -> Path:
     text = dropin(grant)  # checks the grant before its id becomes a path
     path = dropin_path(grant, unit_dir)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    path.write_text(text)
+    # Never in place: systemd may read the drop-in (daemon-reload) while it is being written.
+    replace_file(path, text.encode("ascii"), "dropin", mode=0o644, what="the drop-in")
     return path
 
 

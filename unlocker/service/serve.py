@@ -24,7 +24,7 @@ from unlocker.memory import harden_process, wipe
 from unlocker.run import log
 from unlocker.secret_input import read_secret_file
 from unlocker.service import ask, audit, cached_passphrase
-from unlocker.service.broker import Broker, handle_control, listen
+from unlocker.service.broker import CONTROL_BACKLOG, Broker, handle_control, listen, raise_descriptor_limit
 from unlocker.service.keyring import Keyring
 
 
@@ -108,7 +108,7 @@ async def _serve(options: ServeOptions) -> None:
     options.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     credentials = await listen(options.run_dir / "credentials.sock", broker.handle_credential, mode=0o600)
     control = await listen(options.run_dir / "control.sock",
-                           lambda r, w: handle_control(broker, r, w), mode=0o600)
+                           lambda r, w: handle_control(broker, r, w), mode=0o600, backlog=CONTROL_BACKLOG)
     unlocking = asyncio.Lock()
 
     async def unlock() -> dict[str, object]:
@@ -173,4 +173,5 @@ async def _serve(options: ServeOptions) -> None:
 
 def serve(options: ServeOptions) -> None:
     harden_process()
+    raise_descriptor_limit()
     asyncio.run(_serve(options))

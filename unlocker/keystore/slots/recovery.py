@@ -19,11 +19,17 @@ from unlocker.memory import wipe
 MODHEX = "cbdefghijklnrtuv"
 RANDOM_BYTES = 30
 KEY_BYTES = RANDOM_BYTES + 2
-_DECODE = {c: i for i, c in enumerate(MODHEX)}
+_SEPARATORS = b"- \t"
+# byte -> its modhex value (either case), or -1: a table lookup, so no text copy of the key is made.
+_DECODE_BYTE = [-1] * 256
+for _i, _c in enumerate(MODHEX):
+    _DECODE_BYTE[ord(_c)] = _DECODE_BYTE[ord(_c.upper())] = _i
 
 
-def _checksum(key: bytes | bytearray) -> bytes:
-    return hashlib.sha256(b"unlocker recovery key" + key).digest()[:2]
+def _checksum(key: bytes | bytearray | memoryview) -> bytes:
+    h = hashlib.sha256(b"unlocker recovery key")
+    h.update(key)  # no concatenated copy of the key
+    return h.digest()[:2]
 
 
 def generate() -> bytearray:
@@ -44,13 +50,29 @@ def format_key(key: bytearray) -> bytearray:
 
 def parse_key(typed: bytes | bytearray) -> bytearray | None:
     """The key bytes, or None when the text is not shaped like a recovery key at all. Raises
-    InvalidInput when it is shaped like one but the checksum says it was mistyped."""
-    chars = [chr(c) for c in bytes(typed).lower() if chr(c) not in "- \t"]
-    if len(chars) != KEY_BYTES * 2 or any(c not in _DECODE for c in chars):
-        return None
-    key = bytearray(_DECODE[chars[i]] << 4 | _DECODE[chars[i + 1]] for i in range(0, len(chars), 2))
-    chars.clear()
-    if _checksum(key[:RANDOM_BYTES]) != key[RANDOM_BYTES:]:
+    InvalidInput when it is shaped like one but the checksum says it was mistyped.
+
+    Reads the typed text byte by byte into wipeable buffers: a bytes() or lower() copy of it could not be
+    wiped and would keep the key readable in memory for the rest of the process."""
+    digits = bytearray(KEY_BYTES * 2)
+    count = 0
+    try:
+        for c in typed:
+            if c in _SEPARATORS:
+                continue
+            value = _DECODE_BYTE[c]
+            if value < 0 or count == len(digits):
+                return None
+            digits[count] = value
+            count += 1
+        if count != len(digits):
+            return None
+        key = bytearray(KEY_BYTES)
+        for i in range(KEY_BYTES):
+            key[i] = digits[2 * i] << 4 | digits[2 * i + 1]
+    finally:
+        wipe(digits)
+    if _checksum(memoryview(key)[:RANDOM_BYTES]) != key[RANDOM_BYTES:]:
         wipe(key)
         raise InvalidInput("that recovery key is mistyped (its checksum does not match); check each group")
     return key
@@ -61,7 +83,15 @@ class RecoverySlot(SlotType):
     needs_passphrase = True
 
     def accepts(self, secrets: Secrets) -> bool:
-        return secrets.passphrase is not None and parse_key(secrets.passphrase) is not None
+        """Anything shaped like a recovery key, mistyped or not (derive says which)."""
+        if secrets.passphrase is None:
+            return False
+        try:
+            key = parse_key(secrets.passphrase)
+        except InvalidInput:
+            return True
+        wipe(key)
+        return key is not None
 
     def derive(self, slot: Slot, secrets: Secrets, keystore_id: bytes) -> bytearray:
         assert secrets.passphrase is not None
