@@ -119,7 +119,7 @@ def test_edit_helper_is_faithful():
         ("salt=ItC9tADbMDXg/0zBseh+4g==", "salt=ItC9tADbMDXg/0zBseh+4g", "invalid base64"),
         ("keystore a4ee", "keystore A4EE", "lowercase hex"),
         ("primary 1764374400", "primary 999999999999999999", "creation time .* out of range"),
-        # Found by tests/fuzz (keystore): any first word was taken for "dek" or "slot".
+        # Found by tests/fuzz (keystore): any first word was taken for "dek".
         ("dek 1 primary", "xdek 1 primary", "expected a 'dek' line"),
         ("primary 1764374400", "primary 253402300800", "creation time .* out of range"),
     ],
@@ -130,7 +130,7 @@ def test_parser_refuses_non_canonical_or_out_of_range_input(old, new, message):
 
 
 def test_a_slot_line_must_start_with_slot():
-    # Found by tests/fuzz (keystore): the first word of a slot line was never looked at.
+    # The same gap as the one tests/fuzz found in dek lines: the first word of a slot line was never read.
     lines = DATA.decode().splitlines()
     lines[4] = "tols" + lines[4][4:]
     digests = lines[-3].split(" ")
