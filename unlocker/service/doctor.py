@@ -18,7 +18,7 @@ from unlocker.keystore.slots import slot_type
 from unlocker.memory import SecretMemory
 from unlocker.run import run
 from unlocker.service import control, grants, health
-from unlocker.service.health import Check
+from unlocker.service.health import Check, Verdict
 
 UNIT = "unlocker.service"
 CRYPTTAB = Path("/etc/crypttab")
@@ -65,6 +65,8 @@ def _keystore(path: Path) -> tuple[list[Check], Keystore | None]:
     try:
         keystore = storage.read(path)
     except UnlockerError as e:
+        if checks[0].verdict is Verdict.error:  # storage refuses what the file check found: one finding
+            return checks, None
         return [*checks, health.keystore_parses(str(path), str(e), ())], None
     checks.append(health.keystore_parses(str(path), None, [d.index for d in keystore.damaged]))
     backup = storage.backup_path(path)
