@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from unlocker.clevis.http import Timeouts
 from unlocker.cli.common import (
+    ConnectTimeout,
     KdfMemory,
     KdfTime,
+    NetworkTimeout,
     NewPassphraseFile,
     PassphraseFile,
     SlotKind,
@@ -24,13 +29,14 @@ from unlocker.cli.common import (
     pcr_list,
     show_recovery_key,
     slot_info,
+    timeouts,
     tpm_device,
 )
-from unlocker.errors import TpmError, UnlockerError
+from unlocker.errors import InvalidInput, TpmError, UnlockerError, WrongSecret
 from unlocker.keystore import changes, storage
 from unlocker.keystore.fileformat import FormatError, format_pcrs
-from unlocker.keystore.slots import EnrollOptions
-from unlocker.keystore.unlock import Unlocked
+from unlocker.keystore.slots import EnrollOptions, Secrets
+from unlocker.keystore.unlock import Unlocked, open_unattended, unattended_slots
 from unlocker.memory import wipe
 from unlocker.service import control
 
@@ -90,6 +96,10 @@ def init(
 def enroll(
     ctx: typer.Context,
     kind: Annotated[SlotKind, typer.Argument(help="Kind of keyslot to add.")],
+    pin: Annotated[str | None, typer.Argument(help="clevis slots: the pin, tang or sss (as for clevis encrypt).")]
+    = None,
+    pin_config: Annotated[str | None, typer.Argument(
+        metavar="[CONFIG]", help="clevis slots: the pin's JSON configuration, with each server's thp.")] = None,
     passphrase_file: PassphraseFile = None,
     new_passphrase_file: NewPassphraseFile = None,
     tpm2_device: Tpm2Device = None,
@@ -97,14 +107,25 @@ def enroll(
     kdf_time: KdfTime = 2000,
     kdf_memory: KdfMemory = None,
     slot: SlotOption = None,
+    network_timeout: NetworkTimeout = 10.0,
+    connect_timeout: ConnectTimeout = 3.0,
 ) -> None:
-    """Add a keyslot. Unlocks with an existing slot first."""
+    """Add a keyslot. Unlocks with an existing slot first. A clevis slot takes PIN and CONFIG as
+    `clevis encrypt` does, e.g. tang '{"url": "http://tang1", "thp": "..."}'."""
     g = globals_of(ctx)
+    is_clevis = kind in (SlotKind.clevis, SlotKind.clevis_passphrase, SlotKind.clevis_tpm2)
+    if is_clevis and (pin is None or pin_config is None):
+        raise InvalidInput(f"'enroll {kind.value}' needs PIN and CONFIG, e.g. tang '{{\"url\": ..., \"thp\": ...}}'")
+    if not is_clevis and pin is not None:
+        raise InvalidInput(f"'enroll {kind.value}' takes no PIN or CONFIG")
+    network = timeouts(network_timeout, connect_timeout)
     tcti = tpm_device(g, tpm2_device)
-    opened = open_store(g, passphrase_file, tcti, slot)
+    opened = open_store(g, passphrase_file, tcti, slot, network=network)
     try:
-        secrets, shown = new_secrets(kind, new_passphrase_file, tcti)
-        options = EnrollOptions(kdf_time_ms=kdf_time, kdf_memory_kib=kdf_memory, pcrs=pcr_list(g, tpm2_pcrs))
+        secrets, shown = new_secrets(kind, new_passphrase_file, tcti, network)
+        extra = {"pin": pin, "config": pin_config} if pin is not None and pin_config is not None else {}
+        options = EnrollOptions(kdf_time_ms=kdf_time, kdf_memory_kib=kdf_memory, pcrs=pcr_list(g, tpm2_pcrs),
+                                extra=extra)
         try:
             keystore = changes.add_slot(opened, kind.value, secrets, options)
         finally:
@@ -136,6 +157,11 @@ def slots(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] =
             t = row["tpm2"]
             assert isinstance(t, dict)
             detail += f"  pcrs={t['pcrs']} ({t['bank']})"
+        if "clevis" in row:
+            c = row["clevis"]
+            assert isinstance(c, dict)
+            threshold = f" {c['t']} of" if "t" in c else ""
+            detail += f"  {c['pin']}{threshold} " + ", ".join(s["url"] for s in c["servers"])
         if "note" in row:
             detail += f"  ({row['note']})"
         print(f"{row['slot']:>3}  {row['type']:<16}{detail}")
@@ -170,6 +196,10 @@ def unlock(
     tpm2_device: Tpm2Device = None,
     slot: SlotOption = None,
     tpm2_only: Annotated[bool, typer.Option("--tpm2-only", help="Try the TPM-only slots, no passphrase.")] = False,
+    unattended: Annotated[bool, typer.Option(
+        "--unattended", help="Try only the slots that need no person (tpm2, clevis); say why each failed.")] = False,
+    network_timeout: NetworkTimeout = 10.0,
+    connect_timeout: ConnectTimeout = 3.0,
 ) -> None:
     """With --check: verify a passphrase (exit 2 when it does not open). Without: have the running broker
     unlock again after 'unlocker lock' (it asks through systemd-ask-password)."""
@@ -178,7 +208,11 @@ def unlock(
         reply = control.request("unlock", timeout=None)
         print(f"broker unlocked (keystore generation {reply.get('generation')})")
         return
-    opened = open_store(g, passphrase_file, tpm_device(g, tpm2_device), slot, tpm2_only)
+    network = timeouts(network_timeout, connect_timeout)
+    if unattended:
+        opened = _open_unattended(g.keystore, tpm_device(g, tpm2_device), network)
+    else:
+        opened = open_store(g, passphrase_file, tpm_device(g, tpm2_device), slot, tpm2_only, network)
     try:
         for dek in opened.keystore.deks:
             wipe(opened.dek(dek.id))  # proves every DEK unwraps, not just the store key
@@ -187,6 +221,18 @@ def unlock(
     finally:
         opened.close()
     print(f"slot {opened.slot_index} opens {g.keystore} (generation {opened.keystore.generation})")
+
+
+def _open_unattended(path: Path, tcti: str | None, network: Timeouts) -> Unlocked:
+    keystore = storage.read(path)
+    if not unattended_slots(keystore):
+        raise WrongSecret("no slot of this keystore opens without a person (enroll tpm2 or clevis)")
+    opened, reasons = open_unattended(keystore, Secrets(None, tcti, network))
+    for slot, reason in reasons:
+        print(f"unlocker: slot {slot.index} ({slot.type}): {reason}", file=sys.stderr)
+    if opened is None:
+        raise WrongSecret("no slot opened without a person")
+    return opened
 
 
 @app.command("restore-backup")

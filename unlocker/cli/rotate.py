@@ -171,6 +171,9 @@ def _rotate_kek(g: Globals, tcti: str | None, options: EnrollOptions, passphrase
                 # Prove it is that slot's passphrase before re-creating the slot with it.
                 open_keystore(keystore, Secrets(secret, tcti), only_slot=s.index).close()
                 secrets[s.index] = Secrets(secret, tcti)
+            elif kind.needs_network:
+                raise InvalidInput(f"slot {s.index} ({s.type}) cannot be re-created by rotate kek yet: pass "
+                                   f"--drop-slot {s.index}, then enroll it again with 'unlocker enroll {s.type}'")
             else:
                 if tcti is None:
                     raise InvalidInput(f"slot {s.index} ({s.type}) needs the TPM to be re-sealed; pass "

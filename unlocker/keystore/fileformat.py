@@ -114,6 +114,18 @@ def parse_pcrs(text: str) -> tuple[int, ...]:
     return pcrs
 
 
+# A clevis compact JWE: five base64url parts. An sss of three tang pins is 5.5 KB; 256 KiB leaves room
+# for nesting and many servers and still keeps the file far below its 1 MiB bound.
+_JWE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+MAX_JWE_CHARS = 256 * 1024
+
+
+def _jwe(text: str) -> str:
+    if len(text) > MAX_JWE_CHARS or not _JWE.fullmatch(text):
+        raise FormatError("jwe must be a compact JWE of at most 256 KiB")
+    return text
+
+
 def _check_bank(text: str) -> str:
     if text not in TPM_BANKS:
         raise FormatError(f"unknown PCR bank {text!r}")
@@ -137,6 +149,7 @@ FIELD_CHECKS: dict[str, Callable[[str], object]] = {
     "private": _blob,
     "parent": _blob,
     "credential": _blob,
+    "jwe": _jwe,
 }
 
 # The fields of each slot type, in the one order they are written. A new slot type adds a line here
@@ -147,6 +160,9 @@ SLOT_FIELDS: dict[str, tuple[str, ...]] = {
     "tpm2": ("pcrs", "bank", "parent", "public", "private"),
     "tpm2+passphrase": ("argon2id", "salt", "pcrs", "bank", "parent", "public", "private"),
     "systemd-creds+passphrase": ("argon2id", "salt", "credential"),
+    "clevis": ("jwe",),
+    "clevis+passphrase": ("argon2id", "salt", "jwe"),
+    "clevis+tpm2": ("pcrs", "bank", "parent", "public", "private", "jwe"),
 }
 
 
