@@ -125,3 +125,36 @@ def test_rotate_kek_refuses_to_lose_a_clevis_slot(keystore, tang_servers, cli):
     r = cli("rotate", "kek", "--passphrase-file", pw, keystore=path)
     assert r.returncode == 1 and "--drop-slot 1" in r.stderr
     assert path.read_bytes() == before
+
+
+def test_rotation_is_reported_and_rebind_follows_it(keystore, tang_servers, cli):
+    path, pw = keystore
+    assert cli("enroll", "clevis", "sss", sss(tang_servers), "--passphrase-file", pw, keystore=path).returncode == 0
+    tang_servers[0].rotate()
+    # Still opens: the server keeps the old key, hidden, for /rec.
+    assert cli("unlock", "--check", "--unattended", keystore=path).returncode == 0
+    report = json.loads(cli("tang-report", "--json", keystore=path).stdout)
+    assert [s["state"] for s in report[0]["servers"]] == ["rotated", "current", "current"]
+    assert "-> unlocker rebind 1" in cli("tang-report", keystore=path).stdout
+    r = cli("rebind", "1", keystore=path)  # unattended: the slot opens itself through the servers
+    assert r.returncode == 0 and "bound to the servers' current keys" in r.stdout, r.stderr
+    report = json.loads(cli("tang-report", "--json", keystore=path).stdout)
+    assert [s["state"] for s in report[0]["servers"]] == ["current"] * 3
+    # Now the old key may go, and the slot no longer depends on it.
+    tang_servers[0].delete_hidden_keys()
+    tang_servers[1].stop()
+    r = cli("unlock", "--check", "--unattended", keystore=path)
+    assert r.returncode == 0, r.stderr
+
+
+def test_rebind_after_the_old_keys_were_deleted_fails_named_and_writes_nothing(keystore, tang_servers, cli):
+    path, pw = keystore
+    assert cli("enroll", "clevis", "tang", json.dumps(tang_servers[0].config()), "--passphrase-file", pw,
+               keystore=path).returncode == 0
+    # Too late: the slot can no longer open (the server 404s the old key), so there is nothing to re-bind.
+    tang_servers[0].rotate()
+    tang_servers[0].delete_hidden_keys()
+    before = path.read_bytes()
+    r = cli("rebind", "1", keystore=path)
+    assert r.returncode == 2 and "unknown key" in r.stderr
+    assert path.read_bytes() == before

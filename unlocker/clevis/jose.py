@@ -147,9 +147,8 @@ def open_(jwe: CompactJwe, cek: bytes | bytearray) -> bytearray:
         raise WrongSecret() from None
 
 
-def verify_advertisement(adv: dict[str, Any]) -> list[dict[str, Any]]:
-    """The advertised keys, after checking that every `verify` key signed them (clevis's rule). Accepts
-    the general and the flattened JWS JSON serialization. Raises JoseError naming what failed."""
+def advertisement_keys(adv: dict[str, Any]) -> list[dict[str, Any]]:
+    """The key set an advertisement carries, unverified."""
     payload = adv.get("payload")
     if not isinstance(payload, str):
         raise JoseError("the advertisement is not a JWS")
@@ -157,6 +156,13 @@ def verify_advertisement(adv: dict[str, Any]) -> list[dict[str, Any]]:
     keys = body.get("keys") if isinstance(body, dict) else None
     if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
         raise JoseError("the advertisement carries no key set")
+    return keys
+
+
+def verify_advertisement(adv: dict[str, Any]) -> list[dict[str, Any]]:
+    """The advertised keys, after checking that every `verify` key signed them (clevis's rule). Accepts
+    the general and the flattened JWS JSON serialization. Raises JoseError naming what failed."""
+    keys = advertisement_keys(adv)
     signatures = adv.get("signatures", [adv])
     if not isinstance(signatures, list):
         raise JoseError("the advertisement's signatures are malformed")
@@ -164,13 +170,14 @@ def verify_advertisement(adv: dict[str, Any]) -> list[dict[str, Any]]:
     if not verify_keys:
         raise JoseError("the advertisement has no signing key")
     for key in verify_keys:
-        if not any(_signed_by(key, s, payload) for s in signatures if isinstance(s, dict)):
+        if not any(signed_by(key, adv, s) for s in signatures if isinstance(s, dict)):
             raise JoseError(f"the advertisement's signature by key {thumbprint(key)} does not verify")
     return keys
 
 
-def _signed_by(jwk: dict[str, Any], signature: dict[str, Any], payload: str) -> bool:
-    protected = signature.get("protected", "")
+def signed_by(jwk: dict[str, Any], adv: dict[str, Any], signature: dict[str, Any]) -> bool:
+    """Whether this one signature of the JWS `adv` is by `jwk` and verifies."""
+    payload, protected = str(adv.get("payload", "")), signature.get("protected", "")
     try:
         alg = json_of(unb64url(protected)).get("alg")
         hash_alg, crv = _JWS_HASH[alg]

@@ -10,7 +10,7 @@ from typing import Any
 
 from unlocker.clevis import sss, tang
 from unlocker.clevis.http import ServerFailed, Timeouts
-from unlocker.clevis.jose import CompactJwe, JoseError, parse_compact, unb64url
+from unlocker.clevis.jose import CompactJwe, JoseError, parse_compact
 from unlocker.errors import InvalidInput, NetworkUnlockFailed
 
 PINS = ("tang", "sss")
@@ -79,21 +79,38 @@ def describe(text: str) -> dict[str, Any]:
 
 
 def report(text: str, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> list[dict[str, str]]:
-    """For each server: whether it still advertises the key this JWE was made for. A key that is no
-    longer advertised was rotated (the server may still answer for it while it keeps the hidden key);
-    the slot should be re-bound."""
+    """For each tang server of a JWE: "current" while it still advertises the key the JWE was made for,
+    "rotated" once it does not (it may still answer from the hidden key until that is deleted: re-bind
+    before), or why it could not be asked."""
     rows = []
-    for server in describe(text)["servers"]:
+    for child in _tang_jwes(parse_compact(text)):
+        url, kid, _ = tang.server_of(child)
         try:
-            adv = tang.fetch_advertisement(server["url"], timeouts)
-            keys = json.loads(_payload(adv)).get("keys", [])
-            advertised = any(server["kid"] in tang.thumbprints(k) for k in keys if isinstance(k, dict))
-            state = "current" if advertised else "rotated"
-        except (ServerFailed, JoseError, ValueError, AttributeError) as e:
+            state = "current" if tang.is_current(child, timeouts) else "rotated"
+        except (ServerFailed, JoseError) as e:
             state = f"unknown ({e})"
-        rows.append({**server, "state": state})
+        rows.append({"url": url, "kid": kid, "state": state})
     return rows
 
 
-def _payload(adv: dict[str, Any]) -> bytes:
-    return unb64url(str(adv.get("payload", "")))
+def rebind_config(text: str, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> tuple[str, dict[str, Any]]:
+    """(pin, config) that binds the same servers and threshold to their current keys, each server's new
+    advertisement trusted through its old signing key. Raises UntrustedAdvertisement, NetworkUnlockFailed."""
+    jwe = parse_compact(text)
+    try:
+        if _pin(jwe) == "tang":
+            return "tang", tang.rebind_config(jwe, timeouts)
+    except ServerFailed as e:
+        raise NetworkUnlockFailed("cannot fetch the new advertisement", [str(e)]) from None
+    t, _, children = sss.parameters(jwe)
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for child in children:
+        pin, config = rebind_config(child, timeouts)
+        grouped.setdefault(pin, []).append(config)
+    return "sss", {"t": t, "pins": grouped}
+
+
+def _tang_jwes(jwe: CompactJwe) -> list[CompactJwe]:
+    if _pin(jwe) == "tang":
+        return [jwe]
+    return [t for child in sss.parameters(jwe)[2] for t in _tang_jwes(parse_compact(child))]

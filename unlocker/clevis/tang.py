@@ -18,12 +18,14 @@ from unlocker.clevis.http import ServerFailed, Timeouts, request, split_url
 from unlocker.clevis.jose import (
     CompactJwe,
     JoseError,
+    advertisement_keys,
     concat_kdf,
     ec_jwk,
     ec_point,
     json_of,
     open_,
     seal,
+    signed_by,
     thumbprint,
     thumbprints,
     verify_advertisement,
@@ -138,3 +140,31 @@ def decrypt(jwe: CompactJwe, deadline: float, timeouts: Timeouts) -> bytearray:
         return open_(jwe, cek)
     finally:
         cek[:] = bytes(len(cek))
+
+
+def rebind_config(jwe: CompactJwe, timeouts: Timeouts) -> dict[str, Any]:
+    """A tang configuration for the server's current keys, trusted because a signing key of the JWE's own
+    (old) advertisement signed the new one: GET /adv/<old signing thp> has tangd sign with that key too,
+    hidden after a rotation or not. This is how a slot follows `tangd-rotate-keys` without a person."""
+    url, _, _ = server_of(jwe)
+    old = [k for k in jwe.header["clevis"]["tang"]["adv"]["keys"] if "verify" in k.get("key_ops", [])]
+    if not old:
+        raise JoseError("the JWE's advertisement has no signing key")
+    adv = json_of(request(url, "GET", f"/adv/{thumbprint(old[0])}", None, time.monotonic() + timeouts.total,
+                          timeouts))
+    if not isinstance(adv, dict):
+        raise ServerFailed(url, "bad reply", "the advertisement is not a JSON object")
+    try:
+        verify_advertisement(adv)
+    except JoseError as e:
+        raise UntrustedAdvertisement(f"{url}: {e}") from None
+    if not any(signed_by(old[0], adv, sig) for sig in adv.get("signatures", [adv])):
+        raise UntrustedAdvertisement(f"{url}: the new advertisement is not signed by the key this slot trusted")
+    return {"url": url, "adv": adv}
+
+
+def is_current(jwe: CompactJwe, timeouts: Timeouts) -> bool:
+    """Whether the server still advertises the key this JWE was made for (False after a rotation)."""
+    url, kid, _ = server_of(jwe)
+    keys = advertisement_keys(fetch_advertisement(url, timeouts))
+    return any(kid in thumbprints(k) for k in keys)
