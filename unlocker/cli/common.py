@@ -37,6 +37,7 @@ class SlotKind(StrEnum):
     clevis = "clevis"
     clevis_passphrase = "clevis+passphrase"  # noqa: S105
     clevis_tpm2 = "clevis+tpm2"
+    quorum = "quorum"
 
 
 TPM_KINDS = (SlotKind.tpm2, SlotKind.tpm2_passphrase, SlotKind.systemd_creds_passphrase, SlotKind.clevis_tpm2)
@@ -155,6 +156,9 @@ def slot_info(keystore: Keystore) -> list[dict[str, object]]:
             row["kdf"] = {"algorithm": "argon2id", "memory_kib": m, "iterations": t, "lanes": p}
         if "pcrs" in params:
             row["tpm2"] = {"pcrs": params["pcrs"], "bank": params["bank"]}
+        if "verifiers" in params:
+            row["quorum"] = {"threshold": int(params["threshold"]),
+                             "shares": [int(v.split(":")[0]) for v in params["verifiers"].split(",")]}
         if "jwe" in params:
             # Not secret without the network: `clevis decrypt` can be pointed at it.
             row["clevis"] = {**pins.describe(params["jwe"]), "jwe": params["jwe"]}

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from unlocker.clevis.http import Timeouts
+from unlocker.cli import quorum
 from unlocker.cli.common import (
     ConnectTimeout,
     KdfMemory,
@@ -109,10 +110,15 @@ def enroll(
     slot: SlotOption = None,
     network_timeout: NetworkTimeout = 10.0,
     connect_timeout: ConnectTimeout = 3.0,
+    shares: Annotated[int | None, typer.Option("--shares", help="quorum: how many shares (2..255).")] = None,
+    threshold: Annotated[int | None, typer.Option("--threshold", help="quorum: how many open it.")] = None,
 ) -> None:
     """Add a keyslot. Unlocks with an existing slot first. A clevis slot takes PIN and CONFIG as
-    `clevis encrypt` does, e.g. tang '{"url": "http://tang1", "thp": "..."}'."""
+    `clevis encrypt` does, e.g. tang '{"url": "http://tang1", "thp": "..."}'. A quorum slot shows each
+    of --shares shares once and asks it typed back; any --threshold of them open the keystore."""
     g = globals_of(ctx)
+    if (kind == SlotKind.quorum) != (shares is not None and threshold is not None):
+        raise InvalidInput("--shares and --threshold go with 'enroll quorum', and it needs both")
     is_clevis = kind in (SlotKind.clevis, SlotKind.clevis_passphrase, SlotKind.clevis_tpm2)
     if is_clevis and (pin is None or pin_config is None):
         raise InvalidInput(f"'enroll {kind.value}' needs PIN and CONFIG, e.g. tang '{{\"url\": ..., \"thp\": ...}}'")
@@ -122,14 +128,18 @@ def enroll(
     tcti = tpm_device(g, tpm2_device)
     opened = open_store(g, passphrase_file, tcti, slot, network=network)
     try:
-        secrets, shown = new_secrets(kind, new_passphrase_file, tcti, network)
-        extra = {"pin": pin, "config": pin_config} if pin is not None and pin_config is not None else {}
+        if shares is not None and threshold is not None:
+            secrets, shown = Secrets(shares=quorum.ceremony(shares, threshold)), None
+            extra = {"threshold": str(threshold)}
+        else:
+            secrets, shown = new_secrets(kind, new_passphrase_file, tcti, network)
+            extra = {"pin": pin, "config": pin_config} if pin is not None and pin_config is not None else {}
         options = EnrollOptions(kdf_time_ms=kdf_time, kdf_memory_kib=kdf_memory, pcrs=pcr_list(g, tpm2_pcrs),
                                 extra=extra)
         try:
             keystore = changes.add_slot(opened, kind.value, secrets, options)
         finally:
-            wipe(secrets.passphrase)
+            wipe(secrets.passphrase, *(secrets.shares or []))
         storage.write(g.keystore, keystore, opened.keystore.generation)
     finally:
         opened.close()
@@ -162,6 +172,10 @@ def slots(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] =
             assert isinstance(c, dict)
             threshold = f" {c['t']} of" if "t" in c else ""
             detail += f"  {c['pin']}{threshold} " + ", ".join(s["url"] for s in c["servers"])
+        if "quorum" in row:
+            q = row["quorum"]
+            assert isinstance(q, dict)
+            detail += f"  {q['threshold']} of shares " + ", ".join(f"#{x}" for x in q["shares"])
         if "note" in row:
             detail += f"  ({row['note']})"
         print(f"{row['slot']:>3}  {row['type']:<16}{detail}")
@@ -200,6 +214,9 @@ def unlock(
         "--unattended", help="Try only the slots that need no person (tpm2, clevis); say why each failed.")] = False,
     network_timeout: NetworkTimeout = 10.0,
     connect_timeout: ConnectTimeout = 3.0,
+    with_quorum: Annotated[bool, typer.Option(
+        "--quorum", help="Open the quorum slot: shares are asked one at a time (stdin lines when not a tty).")]
+    = False,
 ) -> None:
     """With --check: verify a passphrase (exit 2 when it does not open). Without: have the running broker
     unlock again after 'unlocker lock' (it asks through systemd-ask-password)."""
@@ -211,6 +228,8 @@ def unlock(
     network = timeouts(network_timeout, connect_timeout)
     if unattended:
         opened = _open_unattended(g.keystore, tpm_device(g, tpm2_device), network)
+    elif with_quorum:
+        opened = quorum.unlock(storage.read(g.keystore), slot)
     else:
         opened = open_store(g, passphrase_file, tpm_device(g, tpm2_device), slot, tpm2_only, network)
     try:

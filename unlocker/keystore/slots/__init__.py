@@ -23,6 +23,7 @@ class Secrets:
     passphrase: bytearray | None = None  # a passphrase, or a recovery key as typed
     tcti: str | None = None  # where the TPM is, when TPM slots may be used
     network: Timeouts | None = None  # the timeouts for Tang servers, when network slots may be used
+    shares: list[bytearray] | None = None  # quorum shares as typed (each one's text)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ _REGISTRY = {
     "clevis": ("unlocker.keystore.slots.clevis", "ClevisSlot"),
     "clevis+passphrase": ("unlocker.keystore.slots.clevis", "ClevisPassphraseSlot"),
     "clevis+tpm2": ("unlocker.keystore.slots.clevis_tpm2", "ClevisTpm2Slot"),
+    "quorum": ("unlocker.keystore.slots.quorum", "QuorumSlot"),
 }
 
 
