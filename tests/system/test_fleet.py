@@ -8,6 +8,11 @@ import time
 
 import pytest
 
+from unlocker.keystore import changes, storage
+from unlocker.keystore.slots import EnrollOptions, Secrets
+from unlocker.keystore.slots.quorum import format_share, new_shares, parse_share, share_number
+from unlocker.keystore.unlock import open_keystore
+
 from .helpers import PASSPHRASE, journal, setup, wait_active
 
 pytestmark = pytest.mark.system
@@ -75,3 +80,44 @@ def test_a_tang_server_that_comes_back_withdraws_the_pending_prompt(container, t
     assert _unlocked_by(c) == "clevis"
     assert c.pending_questions() == []  # the question is gone: no agent will ask it any more
     assert "the prompt was withdrawn" in journal(c, "unlocker.service")
+
+
+def _add_quorum(c, count: int, threshold: int) -> list[bytes]:
+    """A quorum slot added on the host with the library (the ceremony is interactive; tests/keystore/
+    test_quorum.py drives it), written into the container's keystore."""
+    path = c.root / "var/lib/unlocker/keystore"
+    keystore = storage.read(path)
+    opened = open_keystore(keystore, Secrets(bytearray(PASSPHRASE)))
+    shares = new_shares(count, threshold)
+    new = changes.add_slot(opened, "quorum", Secrets(shares=[bytearray(s) for s in shares]),
+                           EnrollOptions(extra={"threshold": str(threshold)}))
+    storage.write(path, new, keystore.generation)
+    opened.close()
+    return [bytes(s) for s in shares]
+
+
+def test_quorum_shares_at_boot_one_question_at_a_time(container):
+    c = container
+    setup(c, [])
+    shares = _add_quorum(c, 3, 2)
+    numbers = [share_number(parse_share(s)) for s in shares]
+    foreign = next(s for s in _add_quorum(c, 3, 2) if share_number(parse_share(s)) not in numbers)
+    wrong = bytearray(parse_share(shares[1]))
+    wrong[3] ^= 1  # share #numbers[1] with one wrong byte, correctly checksummed: wrong, not a typo
+    c.systemctl("start", "--no-block", "unlocker.service")
+    assert c.answer_password(shares[0])["id"] == "unlocker:keystore"  # the first share, at the usual prompt
+    second = c.answer_password(bytes(format_share(wrong)))
+    assert second["id"].startswith("unlocker:quorum:")
+    assert "Quorum share 2 of 2 for the unlocker keystore on" in second["message"]
+    assert f"(have #{numbers[0]})" in second["message"]
+    third = c.answer_password(shares[0])
+    assert f"share #{numbers[1]} is wrong" in third["message"]  # named at once; progress kept
+    assert f"(have #{numbers[0]})" in third["message"]
+    fourth = c.answer_password(foreign)
+    assert f"share #{numbers[0]} was already given" in fourth["message"]
+    fifth = c.answer_password(shares[2])
+    assert "is not one of this quorum's shares" in fifth["message"]
+    assert len({second["id"], third["id"], fourth["id"], fifth["id"]}) == 4  # one question at a time, each new
+    wait_active(c, "unlocker.service")
+    assert _unlocked_by(c) == "quorum"
+    assert c.pending_questions() == []

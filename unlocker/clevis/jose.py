@@ -38,7 +38,7 @@ class JoseError(InvalidInput):
     """A JWE, JWK or advertisement that is not shaped as clevis makes them."""
 
 
-def b64url(raw: bytes) -> str:
+def b64url(raw: bytes | bytearray) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
@@ -130,7 +130,8 @@ def seal(header: dict[str, Any], cek: bytes | bytearray, plaintext: bytes | byte
     """A compact A256GCM JWE with an empty encrypted key (ECDH-ES or dir)."""
     protected = b64url_json(header)
     iv = os.urandom(12)
-    sealed = AESGCM(bytes(cek)).encrypt(iv, bytes(plaintext), protected.encode("ascii"))
+    sealed = bytearray(len(plaintext) + 16)
+    AESGCM(cek).encrypt_into(iv, plaintext, protected.encode("ascii"), sealed)
     return CompactJwe(protected, "", b64url(iv), b64url(sealed[:-16]), b64url(sealed[-16:])).serialize()
 
 
@@ -141,10 +142,15 @@ def open_(jwe: CompactJwe, cek: bytes | bytearray) -> bytearray:
     iv, tag = unb64url(jwe.iv), unb64url(jwe.tag)
     if len(iv) != 12 or len(tag) != 16:
         raise JoseError("bad A256GCM IV or tag size")
+    ciphertext = unb64url(jwe.ciphertext)
+    # Into a buffer the caller wipes: the plaintext is a slot secret or an sss point.
+    out = bytearray(len(ciphertext))
     try:
-        return bytearray(AESGCM(bytes(cek)).decrypt(iv, unb64url(jwe.ciphertext) + tag, jwe.protected.encode("ascii")))
+        AESGCM(cek).decrypt_into(iv, ciphertext + tag, jwe.protected.encode("ascii"), out)
     except (InvalidTag, ValueError):
+        out[:] = bytes(len(out))
         raise WrongSecret() from None
+    return out
 
 
 def advertisement_keys(adv: dict[str, Any]) -> list[dict[str, Any]]:

@@ -41,10 +41,12 @@ def _withdraw_when(event: threading.Event, proc: subprocess.Popen[bytes]) -> Non
             return
 
 
-def ask(message: str, options: AskOptions, withdraw: threading.Event | None = None) -> bytearray:
+def ask(message: str, options: AskOptions, withdraw: threading.Event | None = None,
+        question_id: str = "unlocker:keystore", timeout_s: int | None = None) -> bytearray:
     """The passphrase typed at the prompt. Raises Cancelled, or Withdrawn once `withdraw` is set."""
-    argv = ["systemd-ask-password", "--id=unlocker:keystore", "--icon=drive-harddisk",
-            f"--timeout={options.timeout_s}", "--echo=no", message]
+    timeout_s = options.timeout_s if timeout_s is None else timeout_s
+    argv = ["systemd-ask-password", f"--id={question_id}", "--icon=drive-harddisk",
+            f"--timeout={timeout_s}", "--echo=no", message]
     log.debug("+ %s", " ".join(argv))
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     assert proc.stdout is not None and proc.stderr is not None

@@ -28,6 +28,7 @@ from unlocker.secret_input import read_secret_file
 from unlocker.service import ask, audit, cached_passphrase
 from unlocker.service.broker import Broker, handle_control, listen
 from unlocker.service.keyring import Keyring
+from unlocker.service.quorum_prompt import SHARE_TIMEOUT_S, QuorumAtPrompt
 from unlocker.service.unattended import Backoff, Unattended
 
 
@@ -95,23 +96,68 @@ def unlock_interactively(options: ServeOptions) -> tuple[Unlocked, str]:
 
 
 def _prompt(options: ServeOptions, race: Unattended | None, withdraw: threading.Event) -> tuple[Unlocked, str]:
-    for attempt in range(1, options.tries + 1):
+    quorum = QuorumAtPrompt(storage.read(options.keystore))
+    try:
+        return _ask_until_open(options, race, withdraw, quorum)
+    finally:
+        quorum.reset()
+
+
+def _ask(options: ServeOptions, race: Unattended | None, withdraw: threading.Event, message: str,
+         question_id: str = "unlocker:keystore", timeout_s: int | None = None) -> bytearray | tuple[Unlocked, str]:
+    """What was typed, or what won the race while the question was up."""
+    try:
+        return ask.ask(message, options.ask, withdraw, question_id, timeout_s)
+    except ask.Withdrawn:
+        won = race.claim() if race is not None else None
+        if won is None:
+            raise
+        log.warning("the prompt was withdrawn: slot %d (%s) opened", won[0].slot_index, won[1])
+        return won
+
+
+def _ask_until_open(options: ServeOptions, race: Unattended | None, withdraw: threading.Event,
+                    quorum: QuorumAtPrompt) -> tuple[Unlocked, str]:
+    attempt = 1
+    while attempt <= options.tries:
         won = race.claim() if race is not None else None
         if won is not None:
             return won
+        if quorum.collecting:
+            question_id, message = quorum.question()
+            notify(f"waiting for quorum shares ({message})")
+            try:
+                answer = _ask(options, race, withdraw, message, question_id, SHARE_TIMEOUT_S)
+            except ask.Cancelled as e:
+                log.warning("quorum: %s; the shares given so far are dropped", e)
+                quorum.reset()
+                continue
+            if isinstance(answer, tuple):
+                return answer
+            if not quorum.wants(answer):
+                wipe(answer)
+                quorum.refused = "that is not a quorum share"
+                continue
+            opened = quorum.offer(answer)
+            if opened is not None:
+                return opened, "quorum"
+            continue
         notify(f"waiting for the passphrase (attempt {attempt} of {options.tries})"
                + ("; still trying the unattended slots" if race is not None else ""))
-        try:
+        if options.passphrase_file is not None:
+            passphrase = read_secret_file(options.passphrase_file)
+        else:
+            answer = _ask(options, race, withdraw, ask.prompt_message(attempt, options.tries))
+            if isinstance(answer, tuple):
+                return answer
+            passphrase = answer
+        if quorum.wants(passphrase):  # the first share, typed at the passphrase prompt
+            opened = quorum.offer(passphrase)
+            if opened is not None:
+                return opened, "quorum"
             if options.passphrase_file is not None:
-                passphrase = read_secret_file(options.passphrase_file)
-            else:
-                passphrase = ask.ask(ask.prompt_message(attempt, options.tries), options.ask, withdraw)
-        except ask.Withdrawn:
-            won = race.claim() if race is not None else None
-            if won is not None:
-                log.warning("the prompt was withdrawn: slot %d (%s) opened", won[0].slot_index, won[1])
-                return won
-            raise
+                break
+            continue
         try:
             opened = storage.open_from(options.keystore, storage.read(options.keystore),
                                        Secrets(passphrase, options.tcti, options.network))
@@ -122,6 +168,7 @@ def _prompt(options: ServeOptions, race: Unattended | None, withdraw: threading.
             wipe(passphrase)
         if options.passphrase_file is not None:
             break
+        attempt += 1
     raise WrongSecret(f"no keyslot opened after {options.tries} attempt(s); restart unlocker.service to try again")
 
 

@@ -51,6 +51,13 @@ def format_share(share: bytearray) -> bytearray:
     return out
 
 
+def looks_like_share(typed: bytes | bytearray) -> bool:
+    """Shaped like a share (checksum not checked): what the boot prompt uses to tell a share from a
+    passphrase typed at the same prompt."""
+    chars = [c for c in bytes(typed).lower() if c not in b"- \t\n"]
+    return len(chars) == SHARE_BYTES * 2 and all(chr(c) in _DECODE for c in chars)
+
+
 def parse_share(typed: bytes | bytearray) -> bytearray:
     """The OpenBao-format share (y ‖ x). Raises InvalidInput: not a share, or mistyped (checksum)."""
     chars = [chr(c) for c in bytes(typed).lower() if chr(c) not in "- \t\n"]
