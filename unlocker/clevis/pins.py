@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from unlocker.clevis import sss, tang
@@ -60,10 +62,18 @@ def decrypt(text: str, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> bytearray:
     """The plaintext of a clevis JWE, within `timeouts.total`. Raises NetworkUnlockFailed naming each
     server that failed and why, WrongSecret when a tag fails (a tampered JWE), JoseError when it is not
     a JWE unlocker speaks."""
+    # In a worker, so that even what the socket timeouts do not bound (a name lookup that hangs in
+    # getaddrinfo) cannot hold the caller past the deadline; a stuck worker ends with its lookup.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clevis")
     try:
-        return _decrypt(text, time.monotonic() + timeouts.total, timeouts)
+        return pool.submit(_decrypt, text, time.monotonic() + timeouts.total, timeouts).result(timeouts.total + 1.0)
     except ServerFailed as e:
         raise NetworkUnlockFailed("the tang server did not answer", [str(e)]) from None
+    except FutureTimeout:
+        raise NetworkUnlockFailed(f"no answer within {timeouts.total:g} s",
+                                  ["a name lookup or a server hung"]) from None
+    finally:
+        pool.shutdown(wait=False)
 
 
 def describe(text: str) -> dict[str, Any]:
