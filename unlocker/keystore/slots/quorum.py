@@ -16,7 +16,7 @@ import os
 
 from unlocker.errors import InvalidInput
 from unlocker.keystore import kdf, shamir
-from unlocker.keystore.fileformat import Slot, b64encode, parse_verifiers
+from unlocker.keystore.fileformat import FormatError, Slot, b64encode, parse_verifiers
 from unlocker.keystore.slots import EnrollOptions, Params, Secrets, SlotType
 from unlocker.keystore.slots.recovery import MODHEX
 from unlocker.memory import wipe
@@ -91,6 +91,8 @@ class Collector:
         self.keystore_id = keystore_id
         self.threshold = int(slot.param("threshold"))
         self.verifiers = parse_verifiers(slot.param("verifiers"))
+        if self.threshold > len(self.verifiers):
+            raise FormatError(f"slot {slot.index}: threshold {self.threshold} above its {len(self.verifiers)} shares")
         self.shares: list[bytearray] = []
 
     @property
