@@ -179,3 +179,12 @@ def test_quorum_vector_round_trips_and_the_spec_shows_it():
     assert parse(VECTOR["keystore"].encode()).serialize() == VECTOR["keystore"].encode()
     spec = (ROOT / "docs" / "FORMAT.md").read_text()
     assert VECTOR["keystore"] in spec and all(s in spec for s in VECTOR["shares"])
+
+
+def test_rotate_kek_refuses_to_lose_a_quorum_slot(tmp_path, cli):
+    path, _, rc, _, err = _enroll_quorum(tmp_path, 3, 2, lambda k, s: s)
+    assert rc == 0, err
+    before = path.read_bytes()
+    r = cli("rotate", "kek", "--passphrase-file", tmp_path / "pw", keystore=path)
+    assert r.returncode == 1 and "--drop-slot 1" in r.stderr and "Traceback" not in r.stderr
+    assert path.read_bytes() == before

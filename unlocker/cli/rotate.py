@@ -171,7 +171,8 @@ def _rotate_kek(g: Globals, tcti: str | None, options: EnrollOptions, passphrase
                 # Prove it is that slot's passphrase before re-creating the slot with it.
                 open_keystore(keystore, Secrets(secret, tcti), only_slot=s.index).close()
                 secrets[s.index] = Secrets(secret, tcti)
-            elif kind.needs_network:
+            elif kind.needs_network or s.type == "quorum":
+                # A clevis slot would need its pin configuration, a quorum new shares for every holder.
                 raise InvalidInput(f"slot {s.index} ({s.type}) cannot be re-created by rotate kek yet: pass "
                                    f"--drop-slot {s.index}, then enroll it again with 'unlocker enroll {s.type}'")
             else:
