@@ -158,3 +158,15 @@ def test_rebind_after_the_old_keys_were_deleted_fails_named_and_writes_nothing(k
     r = cli("rebind", "1", keystore=path)
     assert r.returncode == 2 and "unknown key" in r.stderr
     assert path.read_bytes() == before
+
+
+@pytest.mark.tpm
+def test_rotate_tpm2_leaves_a_clevis_tpm2_slot_alone_and_says_so(keystore, tang_servers, fresh_swtpm, cli):
+    path, pw = keystore
+    assert cli("enroll", "clevis+tpm2", "tang", json.dumps(tang_servers[0].config()), "--tpm2-device",
+               fresh_swtpm.tcti, "--passphrase-file", pw, keystore=path).returncode == 0
+    before = path.read_bytes()
+    r = cli("rotate", "tpm2", "--tpm2-device", fresh_swtpm.tcti, "--passphrase-file", pw, keystore=path)
+    assert r.returncode == 1 and "slot 1 (clevis+tpm2) is not re-sealed" in r.stderr
+    assert "no TPM slot to re-seal" in r.stderr and "Traceback" not in r.stderr
+    assert path.read_bytes() == before

@@ -128,7 +128,12 @@ def _rotate_one(g: Globals, kind: RotateKind, opened: Unlocked, tcti: str | None
     if tcti is None:
         raise InvalidInput("rotate tpm2 needs a TPM: none found; pass --tpm2-device")
     keystore = opened.keystore
-    targets = [s for s in keystore.slots if slot_type(s.type).needs_tpm]
+    targets = [s for s in keystore.slots if slot_type(s.type).needs_tpm and not slot_type(s.type).needs_network]
+    for s in keystore.slots:
+        if slot_type(s.type).needs_tpm and slot_type(s.type).needs_network:
+            # Re-sealing would need the pin configuration the slot was enrolled with.
+            print(f"slot {s.index} ({s.type}) is not re-sealed: wipe it and enroll it again with the new PCRs",
+                  file=sys.stderr)
     if not targets:
         raise InvalidInput("the keystore has no TPM slot to re-seal")
     for target in targets:
