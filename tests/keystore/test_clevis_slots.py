@@ -4,16 +4,22 @@ clevis+tpm2), and Debian's `clevis decrypt` pointed at what `unlocker slots --js
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
 from conftest import write_secret
+from memscan import find_in_process
 
 from unlocker.clevis import pins
-from unlocker.keystore import storage
+from unlocker.keystore import kdf, storage
 from unlocker.keystore.slots import Secrets
 from unlocker.keystore.unlock import open_keystore
+from unlocker.memory import environment_with_scrubbing
 
 PASS = b"clevis slot passphrase"
 
@@ -170,3 +176,35 @@ def test_rotate_tpm2_leaves_a_clevis_tpm2_slot_alone_and_says_so(keystore, tang_
     assert r.returncode == 1 and "slot 1 (clevis+tpm2) is not re-sealed" in r.stderr
     assert "no TPM slot to re-seal" in r.stderr and "Traceback" not in r.stderr
     assert path.read_bytes() == before
+
+
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from unlocker.cli.main import main
+    sys.argv = ["unlocker", *sys.argv[1:]]
+    try:
+        main()
+    except SystemExit:
+        pass
+    os.kill(os.getpid(), signal.SIGSTOP)
+""")
+
+
+def test_the_slot_secret_and_slot_key_are_wiped_after_an_unattended_unlock(keystore, tang_servers, cli):
+    path, pw = keystore
+    assert cli("enroll", "clevis", "sss", sss(tang_servers), "--passphrase-file", pw, keystore=path).returncode == 0
+    ks = storage.read(path)
+    secret = pins.decrypt(ks.slot(1).param("jwe"))
+    slot_key = kdf.hkdf(secret, ks.id, b"unlocker/v1 slot clevis")
+    child = subprocess.Popen([sys.executable, "-c", CHILD, "--keystore", str(path), "unlock", "--check",
+                              "--unattended"], env=environment_with_scrubbing(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        _, status = os.waitpid(child.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), child.stderr.read()
+        assert b"slot 1 opens" in child.stdout.read1()
+        for name, value in (("slot secret S", secret), ("slot key", slot_key)):
+            assert find_in_process(child.pid, bytes(value)) == [], f"{name} left in memory"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
