@@ -188,3 +188,40 @@ def test_rotate_kek_refuses_to_lose_a_quorum_slot(tmp_path, cli):
     r = cli("rotate", "kek", "--passphrase-file", tmp_path / "pw", keystore=path)
     assert r.returncode == 1 and "--drop-slot 1" in r.stderr and "Traceback" not in r.stderr
     assert path.read_bytes() == before
+
+
+def test_shares_and_the_quorum_secret_are_wiped_after_unlock(tmp_path):
+    import os
+    import signal
+    import sys
+
+    from memscan import find_in_process
+
+    from unlocker.keystore import storage
+    from unlocker.memory import environment_with_scrubbing
+
+    path, shown, rc, _, err = _enroll_quorum(tmp_path, 3, 2, lambda k, s: s)
+    assert rc == 0, err
+    ks = storage.read(path)
+    collector = Collector(ks.id, ks.slot(1))
+    for s in shown[:2]:
+        collector.add(s.encode())
+    secret = collector.secret()
+    raw = [bytes(parse_share(s.encode())[:-1]) for s in shown[:2]]
+    child_code = ("import os, signal, sys\nfrom unlocker.cli.main import main\nsys.argv = ['unlocker', *sys.argv[1:]]\n"
+                  "try:\n    main()\nexcept SystemExit:\n    pass\nos.kill(os.getpid(), signal.SIGSTOP)\n")
+    child = subprocess.Popen([sys.executable, "-c", child_code, "--keystore", str(path), "unlock", "--check",
+                              "--quorum"], env=environment_with_scrubbing(), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        child.stdin.write(("\n".join(shown[:2]) + "\n").encode())
+        child.stdin.close()
+        _, status = os.waitpid(child.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), child.stderr.read()
+        assert b"slot 1 opens" in child.stdout.read1()
+        for name, value in (("quorum secret", bytes(secret)), ("share 1", raw[0]), ("share 2", raw[1]),
+                            ("share 1 as typed", shown[0].encode()), ("share 2 as typed", shown[1].encode())):
+            assert find_in_process(child.pid, value) == [], f"{name} left in memory"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()

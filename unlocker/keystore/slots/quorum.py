@@ -24,7 +24,6 @@ from unlocker.memory import wipe
 SECRET_BYTES = 32
 SHARE_BYTES = 1 + SECRET_BYTES + 2  # x, y, checksum
 VERIFIER_LABEL = b"unlocker/v1 quorum share\n"
-_DECODE = {c: i for i, c in enumerate(MODHEX)}
 
 
 class WrongShare(InvalidInput):
@@ -33,15 +32,17 @@ class WrongShare(InvalidInput):
     exit_code = 2
 
 
-def _checksum(body: bytes | bytearray) -> bytes:
-    return hashlib.sha256(b"unlocker quorum share" + body).digest()[:2]
+def _checksum(body: bytes | bytearray | memoryview) -> bytes:
+    digest = hashlib.sha256(b"unlocker quorum share")
+    digest.update(body)  # not `+`: that would leave a copy of the share in freed memory
+    return digest.digest()[:2]
 
 
 def format_share(share: bytearray) -> bytearray:
     """OpenBao-format share (y ‖ x) -> the text an administrator writes down: x first, groups of 8."""
-    body = bytearray(SHARE_BYTES - 2)
-    body[0], body[1:] = share[-1], share[:-1]
-    body += _checksum(body)
+    body = bytearray(SHARE_BYTES)
+    body[0], body[1:-2] = share[-1], memoryview(share)[:-1]
+    body[-2:] = _checksum(memoryview(body)[:-2])
     out = bytearray()
     for i, byte in enumerate(body):
         if i and i % 4 == 0:
@@ -51,25 +52,48 @@ def format_share(share: bytearray) -> bytearray:
     return out
 
 
+_NIBBLE = {ord(c): i for i, c in enumerate(MODHEX)} | {ord(c.upper()): i for i, c in enumerate(MODHEX)}
+_IGNORED = frozenset(b"- \t\n")
+
+
+def _decode(typed: bytes | bytearray) -> bytearray | None:
+    """x ‖ y ‖ checksum from the typed text, or None when it is not shaped like a share. Reads the
+    caller's buffer byte by byte: no lower-cased or filtered copy of a share is left in freed memory."""
+    body = bytearray(SHARE_BYTES)
+    count = 0
+    for c in typed:
+        if c in _IGNORED:
+            continue
+        nibble = _NIBBLE.get(c)
+        if nibble is None or count >= SHARE_BYTES * 2:
+            wipe(body)
+            return None
+        body[count >> 1] |= nibble << 4 if count % 2 == 0 else nibble
+        count += 1
+    if count != SHARE_BYTES * 2:
+        wipe(body)
+        return None
+    return body
+
+
 def looks_like_share(typed: bytes | bytearray) -> bool:
     """Shaped like a share (checksum not checked): what the boot prompt uses to tell a share from a
     passphrase typed at the same prompt."""
-    chars = [c for c in bytes(typed).lower() if c not in b"- \t\n"]
-    return len(chars) == SHARE_BYTES * 2 and all(chr(c) in _DECODE for c in chars)
+    body = _decode(typed)
+    wipe(body)
+    return body is not None
 
 
 def parse_share(typed: bytes | bytearray) -> bytearray:
     """The OpenBao-format share (y ‖ x). Raises InvalidInput: not a share, or mistyped (checksum)."""
-    chars = [chr(c) for c in bytes(typed).lower() if chr(c) not in "- \t\n"]
-    if len(chars) != SHARE_BYTES * 2 or any(c not in _DECODE for c in chars):
+    body = _decode(typed)
+    if body is None:
         raise InvalidInput(f"not a quorum share ({SHARE_BYTES * 2} characters from {MODHEX})")
-    body = bytearray(_DECODE[chars[i]] << 4 | _DECODE[chars[i + 1]] for i in range(0, len(chars), 2))
-    chars.clear()
     try:
-        if not hmac.compare_digest(_checksum(body[:-2]), bytes(body[-2:])):
+        if not hmac.compare_digest(_checksum(memoryview(body)[:-2]), bytes(body[-2:])):
             raise InvalidInput("that share is mistyped (its checksum does not match); check each group")
         share = bytearray(SECRET_BYTES + 1)
-        share[:-1], share[-1] = body[1:-2], body[0]
+        share[:-1], share[-1] = memoryview(body)[1:-2], body[0]
         return share
     finally:
         wipe(body)
@@ -80,7 +104,9 @@ def share_number(share: bytearray) -> int:
 
 
 def verifier(keystore_id: bytes, share: bytearray) -> bytes:
-    return hashlib.sha256(VERIFIER_LABEL + keystore_id + bytes([share[-1]]) + bytes(share[:-1])).digest()
+    digest = hashlib.sha256(VERIFIER_LABEL + keystore_id + bytes([share[-1]]))
+    digest.update(memoryview(share)[:-1])  # no copy of the share's y bytes
+    return digest.digest()
 
 
 class Collector:
