@@ -208,3 +208,33 @@ def test_the_slot_secret_and_slot_key_are_wiped_after_an_unattended_unlock(keyst
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
+
+
+def test_the_jwe_content_key_is_wiped_after_an_unattended_unlock(keystore, tang_servers, cli):
+    """The CEK opens the JWE as well as S does. It is fixed by the JWE and the server's key, so the test
+    computes it with the server's private key (Z = s·E) and looks for it."""
+    from Crypto.PublicKey import ECC
+
+    from unlocker.clevis.jose import concat_kdf, parse_compact, unb64url
+
+    path, pw = keystore
+    assert cli("enroll", "clevis", "tang", json.dumps(tang_servers[0].config()), "--passphrase-file", pw,
+               keystore=path).returncode == 0
+    jwe = parse_compact(storage.read(path).slot(1).param("jwe"))
+    server = json.loads((tang_servers[0].db / f"{jwe.header['kid']}.jwk").read_text())
+    epk = jwe.header["epk"]
+    e = ECC.EccPoint(int.from_bytes(unb64url(epk["x"]), "big"), int.from_bytes(unb64url(epk["y"]), "big"), "P-521")
+    z = e * int.from_bytes(unb64url(server["d"]), "big")
+    cek = concat_kdf(int(z.x).to_bytes(66, "big"), "A256GCM", jwe.header)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, "--keystore", str(path), "unlock", "--check",
+                              "--unattended"], env=environment_with_scrubbing(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        _, status = os.waitpid(child.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), child.stderr.read()
+        assert b"slot 1 opens" in child.stdout.read1()
+        assert find_in_process(child.pid, bytes(cek)) == [], "the CEK left in memory"
+        assert find_in_process(child.pid, int(z.x).to_bytes(66, "big")) == [], "Z left in memory"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from unlocker.errors import InvalidInput, WrongSecret
+from unlocker.memory import wipe
 
 MAX_JWE_BYTES = 256 * 1024  # an sss of 3 tang pins is 5.5 KB; nesting and many pins stay far below
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
@@ -116,14 +117,20 @@ def parse_compact(text: str) -> CompactJwe:
     return CompactJwe(*text.split("."))
 
 
-def concat_kdf(z: bytes, enc: str, header: dict[str, Any], bits: int = 256) -> bytearray:
-    """RFC 7518 4.6.2 with AlgorithmID = enc (direct key agreement), one SHA-256 block for 256 bits."""
+def concat_kdf(z: bytes | bytearray, enc: str, header: dict[str, Any], bits: int = 256) -> bytearray:
+    """RFC 7518 4.6.2 with AlgorithmID = enc (direct key agreement), one SHA-256 block for 256 bits.
+    Hashed piece by piece: a concatenation would leave a copy of Z in freed memory."""
     def field(raw: bytes) -> bytes:
         return len(raw).to_bytes(4, "big") + raw
     apu = unb64url(header["apu"]) if isinstance(header.get("apu"), str) else b""
     apv = unb64url(header["apv"]) if isinstance(header.get("apv"), str) else b""
-    other = field(enc.encode()) + field(apu) + field(apv) + bits.to_bytes(4, "big")
-    return bytearray(hashlib.sha256(b"\x00\x00\x00\x01" + z + other).digest()[: bits // 8])
+    digest = hashlib.sha256(b"\x00\x00\x00\x01")
+    digest.update(z)
+    digest.update(field(enc.encode()) + field(apu) + field(apv) + bits.to_bytes(4, "big"))
+    full = digest.digest()
+    out = bytearray(full[: bits // 8])
+    wipe(full)
+    return out
 
 
 def seal(header: dict[str, Any], cek: bytes | bytearray, plaintext: bytes | bytearray) -> str:

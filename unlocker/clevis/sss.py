@@ -18,6 +18,7 @@ from Crypto.Util.number import isPrime
 from unlocker.clevis.http import ServerFailed, Timeouts
 from unlocker.clevis.jose import CompactJwe, JoseError, b64url, open_, seal, unb64url
 from unlocker.errors import InvalidInput, NetworkUnlockFailed, UnlockerError
+from unlocker.memory import wipe
 
 KEY_BYTES = 32
 _SMALL_PRIMES = [p for p in range(3, 2000) if all(p % q for q in range(2, int(p**0.5) + 1))]
@@ -132,14 +133,16 @@ def decrypt(jwe: CompactJwe, deadline: float, timeouts: Timeouts,
                     failures.append("a child's point has the wrong size")
                     continue
                 points.append((int.from_bytes(point[:KEY_BYTES], "big"), int.from_bytes(point[KEY_BYTES:], "big")))
-                point[:] = bytes(len(point))
+                wipe(point)
     finally:
         # The children still running stop at the deadline on their own; nobody waits for them.
         pool.shutdown(wait=False, cancel_futures=True)
     if len(points) < t:
         raise NetworkUnlockFailed(f"sss needs {t} of {len(children)} pins, {len(points)} answered", failures)
-    key = bytearray(combine(points[:t], p).to_bytes(KEY_BYTES, "big"))
+    encoded = combine(points[:t], p).to_bytes(KEY_BYTES, "big")
+    key = bytearray(encoded)
+    wipe(encoded)
     try:
         return open_(jwe, key)
     finally:
-        key[:] = bytes(KEY_BYTES)
+        wipe(key)

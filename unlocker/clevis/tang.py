@@ -31,6 +31,7 @@ from unlocker.clevis.jose import (
     verify_advertisement,
 )
 from unlocker.errors import InvalidInput
+from unlocker.memory import wipe
 
 
 class UntrustedAdvertisement(InvalidInput):
@@ -94,8 +95,13 @@ def encrypt(config: dict[str, Any], plaintext: bytes | bytearray, timeouts: Time
         "clevis": {"pin": "tang", "tang": {"url": url, "adv": {"keys": keys}}},
         "epk": ec_jwk(crv, *ecmr.xy(epk)),
     }
-    cek = concat_kdf(ecmr.x_bytes(crv, z), "A256GCM", header)
-    return seal(header, cek, plaintext)
+    shared = ecmr.x_bytes(crv, z)
+    cek = concat_kdf(shared, "A256GCM", header)
+    wipe(shared)
+    try:
+        return seal(header, cek, plaintext)
+    finally:
+        wipe(cek)
 
 
 def server_of(jwe: CompactJwe) -> tuple[str, str, dict[str, Any]]:
@@ -135,11 +141,15 @@ def decrypt(jwe: CompactJwe, deadline: float, timeouts: Timeouts) -> bytearray:
         z = ecmr.sub(ecmr.point(crv, rx, ry), ecmr.mul(ecmr.point(crv, sx, sy), x))
     except JoseError as e:
         raise ServerFailed(url, "bad reply", str(e)) from None
-    cek = concat_kdf(ecmr.x_bytes(crv, z), "A256GCM", header)
+    # Z and the CEK each open the JWE: wiped as soon as used. (The EC arithmetic's Python integers cannot
+    # be wiped; they are not stored as these byte strings.)
+    shared = ecmr.x_bytes(crv, z)
+    cek = concat_kdf(shared, "A256GCM", header)
+    wipe(shared)
     try:
         return open_(jwe, cek)
     finally:
-        cek[:] = bytes(len(cek))
+        wipe(cek)
 
 
 def rebind_config(jwe: CompactJwe, timeouts: Timeouts) -> dict[str, Any]:
