@@ -238,3 +238,14 @@ def test_the_jwe_content_key_is_wiped_after_an_unattended_unlock(keystore, tang_
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
+
+
+def test_enroll_with_a_server_down_names_it_and_writes_nothing(keystore, tang_servers, cli):
+    path, pw = keystore
+    config = sss(tang_servers)
+    tang_servers[1].stop()
+    before = path.read_bytes()
+    r = cli("enroll", "clevis", "sss", config, "--passphrase-file", pw, keystore=path)
+    assert r.returncode == 1
+    assert r.stderr == f"unlocker: cannot fetch the advertisement: {tang_servers[1].url}: refused\n"
+    assert path.read_bytes() == before

@@ -13,7 +13,7 @@ from typing import Any
 from unlocker.clevis import sss, tang
 from unlocker.clevis.http import ServerFailed, Timeouts
 from unlocker.clevis.jose import CompactJwe, JoseError, parse_compact
-from unlocker.errors import InvalidInput, NetworkUnlockFailed
+from unlocker.errors import InvalidInput, NetworkUnlockFailed, UnlockerError
 
 PINS = ("tang", "sss")
 DEFAULT_TIMEOUTS = Timeouts()
@@ -32,12 +32,13 @@ def parse_config(text: str) -> dict[str, Any]:
 def encrypt(pin: str, config: dict[str, Any], plaintext: bytes | bytearray,
             timeouts: Timeouts = DEFAULT_TIMEOUTS) -> str:
     """A compact JWE that `clevis decrypt` opens. Raises InvalidInput (bad pin or config, an untrusted
-    advertisement) or NetworkUnlockFailed (a server did not give its advertisement)."""
+    advertisement) or UnlockerError (a server did not give its advertisement)."""
     if pin == "tang":
         try:
             return tang.encrypt(config, plaintext, timeouts)
         except ServerFailed as e:
-            raise NetworkUnlockFailed("cannot fetch the advertisement", [str(e)]) from None
+            # Exit 1, not 2: nothing failed to unlock, the enrollment could not be done.
+            raise UnlockerError(f"cannot fetch the advertisement: {e}") from None
     if pin == "sss":
         return sss.encrypt(config, plaintext, lambda name, child, point: encrypt(name, child, point, timeouts))
     raise InvalidInput(f"unknown pin {pin!r}: unlocker speaks {', '.join(PINS)}")
