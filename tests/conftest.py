@@ -1,4 +1,5 @@
-"""Shared fixtures. The swtpm fixtures live in swtpm_fixture.py; the container ones in system/."""
+"""Shared fixtures. The swtpm fixtures live in swtpm_fixture.py, the Tang ones in tang_fixture.py;
+the container ones in system/."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from swtpm_fixture import fresh_swtpm, swtpm  # noqa: F401  (fixtures)
+from tang_fixture import silent_server, tang_servers  # noqa: F401  (fixtures)
 
 from unlocker.keystore import changes, storage
 from unlocker.keystore.kdf import Argon2Params

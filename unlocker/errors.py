@@ -60,3 +60,14 @@ class TpmPolicyMismatch(TpmError):
 
 class TpmUnavailable(TpmError):
     """No TPM answered at the configured TCTI."""
+
+
+class NetworkUnlockFailed(UnlockerError):
+    """A network-bound slot could not reach enough servers. `failures` names each server and why (refused,
+    timed out, unknown key, bad reply, unreachable)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, failures: list[str]) -> None:
+        super().__init__(message + (": " + "; ".join(failures) if failures else ""))
+        self.failures = failures

@@ -105,3 +105,32 @@ def ask_tty(prompt: str, confirm: bool = False) -> bytearray:
         return first
     finally:
         os.close(tty_fd)
+
+
+def read_secret_line(fd: int = 0) -> bytearray | None:
+    """One line from a pipe (byte by byte, so nothing past the line is consumed and no buffer holds the
+    rest), without its newline; None at end of input."""
+    buf = bytearray(MAX_PASSPHRASE_BYTES + 2)
+    filled = 0
+    byte = bytearray(1)
+    try:
+        while filled < len(buf) and os.readv(fd, [byte]) == 1:
+            buf[filled] = byte[0]
+            filled += 1
+            if byte == b"\n":
+                break
+    finally:
+        wipe(byte)
+    if filled == 0:
+        wipe(buf)
+        return None
+    return _take(buf, filled)
+
+
+def ask_line(prompt: str) -> bytearray | None:
+    """Ask on the terminal without echo when stdin is one; otherwise read the next line of stdin, so a
+    script (or a test) can answer a sequence of prompts. None at end of input."""
+    if os.isatty(0):
+        return ask_tty(prompt)
+    os.write(2, prompt.encode() + b"\n")
+    return read_secret_line(0)

@@ -14,6 +14,8 @@ from typing import Annotated
 import typer
 
 from unlocker import config
+from unlocker.clevis import pins
+from unlocker.clevis.http import Timeouts
 from unlocker.errors import InvalidInput
 from unlocker.keystore import storage
 from unlocker.keystore.fileformat import Keystore
@@ -32,6 +34,14 @@ class SlotKind(StrEnum):
     tpm2 = "tpm2"
     tpm2_passphrase = "tpm2+passphrase"  # noqa: S105
     systemd_creds_passphrase = "systemd-creds+passphrase"  # noqa: S105
+    clevis = "clevis"
+    clevis_passphrase = "clevis+passphrase"  # noqa: S105
+    clevis_tpm2 = "clevis+tpm2"
+    quorum = "quorum"
+
+
+TPM_KINDS = (SlotKind.tpm2, SlotKind.tpm2_passphrase, SlotKind.systemd_creds_passphrase, SlotKind.clevis_tpm2)
+UNATTENDED_KINDS = (SlotKind.tpm2, SlotKind.clevis, SlotKind.clevis_tpm2)
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,15 @@ Tpm2Pcrs = Annotated[str | None, typer.Option("--tpm2-pcrs", help="PCRs to bind 
 KdfTime = Annotated[int, typer.Option("--kdf-time", help="Argon2id target time in ms.")]
 KdfMemory = Annotated[int | None, typer.Option("--kdf-memory", help="Argon2id memory cap in KiB.")]
 SlotOption = Annotated[int | None, typer.Option("--slot", help="Only try this keyslot.")]
+NetworkTimeout = Annotated[float, typer.Option(
+    "--network-timeout", help="Seconds a clevis slot may take, all its Tang servers asked at once.")]
+ConnectTimeout = Annotated[float, typer.Option("--connect-timeout", help="Seconds to connect to one Tang server.")]
+
+
+def timeouts(total: float, connect: float) -> Timeouts:
+    if total <= 0 or connect <= 0:
+        raise InvalidInput("--network-timeout and --connect-timeout must be positive")
+    return Timeouts(connect=min(connect, total), total=total)
 
 
 @app.callback()
@@ -77,9 +96,6 @@ def tpm_device(g: Globals, option: str | None) -> str | None:
     return config.DEFAULT_TCTI if Path("/dev/tpmrm0").exists() else None
 
 
-TPM_KINDS = (SlotKind.tpm2, SlotKind.tpm2_passphrase, SlotKind.systemd_creds_passphrase)
-
-
 def pcr_list(g: Globals, option: str | None, sealing: bool) -> tuple[int, ...]:
     """The PCRs from --tpm2-pcrs or the config file; sealing: a TPM slot is about to be made with them."""
     pcrs = config.parse_pcr_list(option) if option is not None else g.config.tpm2_pcrs
@@ -96,13 +112,14 @@ def ask_secret(passphrase_file: str | None, prompt: str, confirm: bool = False) 
 
 
 def open_store(g: Globals, passphrase_file: str | None, tcti: str | None, slot: int | None,
-          tpm2_only: bool = False) -> Unlocked:
+          tpm2_only: bool = False, network: Timeouts | None = None) -> Unlocked:
     keystore = storage.read(g.keystore)
     if tpm2_only and tcti is None:
         raise InvalidInput("--tpm2-only needs a TPM: none found; pass --tpm2-device")
     passphrase = None if tpm2_only else ask_secret(passphrase_file, f"Passphrase or recovery key for {g.keystore}: ")
     try:
-        opened = storage.open_from(g.keystore, keystore, Secrets(passphrase, tcti), only_slot=slot)
+        opened = storage.open_from(g.keystore, keystore, Secrets(passphrase, tcti, network or Timeouts()),
+                                   only_slot=slot)
     finally:
         wipe(passphrase)
     for d in keystore.damaged:
@@ -111,17 +128,19 @@ def open_store(g: Globals, passphrase_file: str | None, tcti: str | None, slot: 
     return opened
 
 
-def new_secrets(kind: SlotKind, new_passphrase_file: str | None, tcti: str | None) -> tuple[Secrets, bytearray | None]:
+def new_secrets(kind: SlotKind, new_passphrase_file: str | None, tcti: str | None,
+                network: Timeouts | None = None) -> tuple[Secrets, bytearray | None]:
     """The secrets for a new slot, and the recovery key to show (once) when one was generated."""
     if kind in TPM_KINDS and tcti is None:
         raise InvalidInput(f"a {kind} slot needs a TPM: none found; pass --tpm2-device")
+    network = network or Timeouts()
+    if kind in UNATTENDED_KINDS:
+        return Secrets(None, tcti, network), None
     if kind == SlotKind.recovery:
         key = recovery.generate()
         shown = recovery.format_key(key)
         wipe(key)
         return Secrets(bytearray(shown), tcti), shown
-    if kind == SlotKind.tpm2:
-        return Secrets(None, tcti), None
     passphrase = ask_secret(new_passphrase_file, "New passphrase: ", confirm=True)
     if kind in TPM_KINDS and recovery.RecoverySlot().accepts(Secrets(passphrase)):
         wipe(passphrase)
@@ -129,7 +148,7 @@ def new_secrets(kind: SlotKind, new_passphrase_file: str | None, tcti: str | Non
         # that does not fit must not cost a TPM dictionary-attack try): this slot could not be opened.
         raise InvalidInput("that passphrase is shaped like a recovery key (8 groups of modhex), so it would "
                            f"never be tried on a {kind} slot; choose another")
-    return Secrets(passphrase, tcti), None
+    return Secrets(passphrase, tcti, network), None
 
 
 def show_recovery_key(shown: bytearray) -> None:
@@ -149,6 +168,12 @@ def slot_info(keystore: Keystore) -> list[dict[str, object]]:
             row["kdf"] = {"algorithm": "argon2id", "memory_kib": m, "iterations": t, "lanes": p}
         if "pcrs" in params:
             row["tpm2"] = {"pcrs": params["pcrs"], "bank": params["bank"]}
+        if "verifiers" in params:
+            row["quorum"] = {"threshold": int(params["threshold"]),
+                             "shares": [int(v.split(":")[0]) for v in params["verifiers"].split(",")]}
+        if "jwe" in params:
+            # Not secret without the network: `clevis decrypt` can be pointed at it.
+            row["clevis"] = {**pins.describe(params["jwe"]), "jwe": params["jwe"]}
         if s.type == "systemd-creds+passphrase":
             row["note"] = "systemd-creds takes no PIN: the TPM does not count wrong passphrases"
         rows.append(row)

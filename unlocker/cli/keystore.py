@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from unlocker.clevis.http import Timeouts
+from unlocker.cli import quorum
 from unlocker.cli.common import (
     TPM_KINDS,
+    ConnectTimeout,
     KdfMemory,
     KdfTime,
+    NetworkTimeout,
     NewPassphraseFile,
     PassphraseFile,
     SlotKind,
@@ -25,13 +31,14 @@ from unlocker.cli.common import (
     pcr_list,
     show_recovery_key,
     slot_info,
+    timeouts,
     tpm_device,
 )
-from unlocker.errors import TpmError, UnlockerError
+from unlocker.errors import InvalidInput, TpmError, UnlockerError, WrongSecret
 from unlocker.keystore import changes, storage
 from unlocker.keystore.fileformat import FormatError, format_pcrs
-from unlocker.keystore.slots import EnrollOptions
-from unlocker.keystore.unlock import Unlocked
+from unlocker.keystore.slots import EnrollOptions, Secrets
+from unlocker.keystore.unlock import Unlocked, open_unattended, unattended_slots
 from unlocker.memory import wipe
 from unlocker.service import control
 
@@ -93,6 +100,10 @@ def init(
 def enroll(
     ctx: typer.Context,
     kind: Annotated[SlotKind, typer.Argument(help="Kind of keyslot to add.")],
+    pin: Annotated[str | None, typer.Argument(help="clevis slots: the pin, tang or sss (as for clevis encrypt).")]
+    = None,
+    pin_config: Annotated[str | None, typer.Argument(
+        metavar="[CONFIG]", help="clevis slots: the pin's JSON configuration, with each server's thp.")] = None,
     passphrase_file: PassphraseFile = None,
     new_passphrase_file: NewPassphraseFile = None,
     tpm2_device: Tpm2Device = None,
@@ -100,19 +111,38 @@ def enroll(
     kdf_time: KdfTime = 2000,
     kdf_memory: KdfMemory = None,
     slot: SlotOption = None,
+    network_timeout: NetworkTimeout = 10.0,
+    connect_timeout: ConnectTimeout = 3.0,
+    shares: Annotated[int | None, typer.Option("--shares", help="quorum: how many shares (2..255).")] = None,
+    threshold: Annotated[int | None, typer.Option("--threshold", help="quorum: how many open it.")] = None,
 ) -> None:
-    """Add a keyslot. Unlocks with an existing slot first."""
+    """Add a keyslot. Unlocks with an existing slot first. A clevis slot takes PIN and CONFIG as
+    `clevis encrypt` does, e.g. tang '{"url": "http://tang1", "thp": "..."}'. A quorum slot shows each
+    of --shares shares once and asks it typed back; any --threshold of them open the keystore."""
     g = globals_of(ctx)
+    if (kind == SlotKind.quorum) != (shares is not None and threshold is not None):
+        raise InvalidInput("--shares and --threshold go with 'enroll quorum', and it needs both")
+    is_clevis = kind in (SlotKind.clevis, SlotKind.clevis_passphrase, SlotKind.clevis_tpm2)
+    if is_clevis and (pin is None or pin_config is None):
+        raise InvalidInput(f"'enroll {kind.value}' needs PIN and CONFIG, e.g. tang '{{\"url\": ..., \"thp\": ...}}'")
+    if not is_clevis and pin is not None:
+        raise InvalidInput(f"'enroll {kind.value}' takes no PIN or CONFIG")
+    network = timeouts(network_timeout, connect_timeout)
     tcti = tpm_device(g, tpm2_device)
-    opened = open_store(g, passphrase_file, tcti, slot)
+    opened = open_store(g, passphrase_file, tcti, slot, network=network)
     try:
-        secrets, shown = new_secrets(kind, new_passphrase_file, tcti)
+        if shares is not None and threshold is not None:
+            secrets, shown = Secrets(shares=quorum.ceremony(shares, threshold)), None
+            extra = {"threshold": str(threshold)}
+        else:
+            secrets, shown = new_secrets(kind, new_passphrase_file, tcti, network)
+            extra = {"pin": pin, "config": pin_config} if pin is not None and pin_config is not None else {}
         options = EnrollOptions(kdf_time_ms=kdf_time, kdf_memory_kib=kdf_memory,
-                                pcrs=pcr_list(g, tpm2_pcrs, sealing=kind in TPM_KINDS))
+                                pcrs=pcr_list(g, tpm2_pcrs, sealing=kind in TPM_KINDS), extra=extra)
         try:
             keystore = changes.add_slot(opened, kind.value, secrets, options)
         finally:
-            wipe(secrets.passphrase)
+            wipe(secrets.passphrase, *(secrets.shares or []))
         storage.write(g.keystore, keystore, opened.keystore.generation)
     finally:
         opened.close()
@@ -140,6 +170,15 @@ def slots(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", he
             t = row["tpm2"]
             assert isinstance(t, dict)
             detail += f"  pcrs={t['pcrs']} ({t['bank']})"
+        if "clevis" in row:
+            c = row["clevis"]
+            assert isinstance(c, dict)
+            threshold = f" {c['t']} of" if "t" in c else ""
+            detail += f"  {c['pin']}{threshold} " + ", ".join(s["url"] for s in c["servers"])
+        if "quorum" in row:
+            q = row["quorum"]
+            assert isinstance(q, dict)
+            detail += f"  {q['threshold']} of shares " + ", ".join(f"#{x}" for x in q["shares"])
         if "note" in row:
             detail += f"  ({row['note']})"
         print(f"{row['slot']:>3}  {row['type']:<16}{detail}")
@@ -174,6 +213,13 @@ def unlock(
     tpm2_device: Tpm2Device = None,
     slot: SlotOption = None,
     tpm2_only: Annotated[bool, typer.Option("--tpm2-only", help="Try the TPM-only slots, no passphrase.")] = False,
+    unattended: Annotated[bool, typer.Option(
+        "--unattended", help="Try only the slots that need no person (tpm2, clevis); say why each failed.")] = False,
+    network_timeout: NetworkTimeout = 10.0,
+    connect_timeout: ConnectTimeout = 3.0,
+    with_quorum: Annotated[bool, typer.Option(
+        "--quorum", help="Open the quorum slot: shares are asked one at a time (stdin lines when not a tty).")]
+    = False,
 ) -> None:
     """With --check: verify a passphrase (exit 2 when it does not open). Without: have the running broker
     unlock again after 'unlocker lock' (it asks through systemd-ask-password)."""
@@ -182,7 +228,13 @@ def unlock(
         reply = control.request("unlock", timeout=None)
         print(f"broker unlocked (keystore generation {reply.get('generation')})")
         return
-    opened = open_store(g, passphrase_file, tpm_device(g, tpm2_device), slot, tpm2_only)
+    network = timeouts(network_timeout, connect_timeout)
+    if unattended:
+        opened = _open_unattended(g.keystore, tpm_device(g, tpm2_device), network)
+    elif with_quorum:
+        opened = quorum.unlock(storage.read(g.keystore), slot)
+    else:
+        opened = open_store(g, passphrase_file, tpm_device(g, tpm2_device), slot, tpm2_only, network)
     try:
         for dek in opened.keystore.deks:
             wipe(opened.dek(dek.id))  # proves every DEK unwraps, not just the store key
@@ -191,6 +243,18 @@ def unlock(
     finally:
         opened.close()
     print(f"slot {opened.slot_index} opens {g.keystore} (generation {opened.keystore.generation})")
+
+
+def _open_unattended(path: Path, tcti: str | None, network: Timeouts) -> Unlocked:
+    keystore = storage.read(path)
+    if not unattended_slots(keystore):
+        raise WrongSecret("no slot of this keystore opens without a person (enroll tpm2 or clevis)")
+    opened, reasons = open_unattended(keystore, Secrets(None, tcti, network))
+    for slot, reason in reasons:
+        print(f"unlocker: slot {slot.index} ({slot.type}): {reason}", file=sys.stderr)
+    if opened is None:
+        raise WrongSecret("no slot opened without a person")
+    return opened
 
 
 @app.command("restore-backup")

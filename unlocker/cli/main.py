@@ -22,6 +22,7 @@ from unlocker.cli import service  # noqa: F401
 from unlocker.cli import grants  # noqa: F401
 from unlocker.cli import rotate  # noqa: F401
 from unlocker.cli import doctor  # noqa: F401
+from unlocker.cli import tang  # noqa: F401
 # isort: on
 
 

@@ -129,7 +129,12 @@ def _rotate_one(g: Globals, kind: RotateKind, opened: Unlocked, tcti: str | None
     if tcti is None:
         raise InvalidInput("rotate tpm2 needs a TPM: none found; pass --tpm2-device")
     keystore = opened.keystore
-    targets = [s for s in keystore.slots if slot_type(s.type).needs_tpm]
+    targets = [s for s in keystore.slots if slot_type(s.type).needs_tpm and not slot_type(s.type).needs_network]
+    for s in keystore.slots:
+        if slot_type(s.type).needs_tpm and slot_type(s.type).needs_network:
+            # Re-sealing would need the pin configuration the slot was enrolled with.
+            print(f"slot {s.index} ({s.type}) is not re-sealed: wipe it and enroll it again with the new PCRs",
+                  file=sys.stderr)
     if not targets:
         raise InvalidInput("the keystore has no TPM slot to re-seal")
     for target in targets:
@@ -172,6 +177,10 @@ def _rotate_kek(g: Globals, tcti: str | None, options: EnrollOptions, passphrase
                 # Prove it is that slot's passphrase before re-creating the slot with it.
                 open_keystore(keystore, Secrets(secret, tcti), only_slot=s.index).close()
                 secrets[s.index] = Secrets(secret, tcti)
+            elif kind.needs_network or s.type == "quorum":
+                # A clevis slot would need its pin configuration, a quorum new shares for every holder.
+                raise InvalidInput(f"slot {s.index} ({s.type}) cannot be re-created by rotate kek yet: pass "
+                                   f"--drop-slot {s.index}, then enroll it again with 'unlocker enroll {s.type}'")
             else:
                 if tcti is None:
                     raise InvalidInput(f"slot {s.index} ({s.type}) needs the TPM to be re-sealed; pass "

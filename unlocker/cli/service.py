@@ -14,11 +14,14 @@ import typer
 
 from unlocker import config
 from unlocker.cli.common import (
+    ConnectTimeout,
+    NetworkTimeout,
     PassphraseFile,
     Tpm2Device,
     app,
     globals_of,
     slot_info,
+    timeouts,
     tpm_device,
 )
 from unlocker.errors import TpmError, UnlockerError
@@ -122,8 +125,11 @@ def serve(
         "--keyname", help="Kernel keyring key the initrd cached the passphrase under (default cryptsetup).")] = None,
     accept_cached: Annotated[bool, typer.Option(
         "--accept-cached", help="Try the initrd's cached passphrase once before prompting (never writes it).")] = False,
+    network_timeout: NetworkTimeout = 10.0,
+    connect_timeout: ConnectTimeout = 3.0,
 ) -> None:
-    """The boot service: prompt, unlock, serve credentials, answer the control socket."""
+    """The boot service: try the unattended slots (tpm2, clevis) while prompting, unlock, serve
+    credentials, answer the control socket."""
     from unlocker.service import serve as serve_module
     from unlocker.service.ask import AskOptions
 
@@ -133,7 +139,7 @@ def serve(
         keystore=g.keystore, run_dir=config.RUN_DIR, tcti=tpm_device(g, tpm2_device), tries=tries or cfg.tries,
         ask=AskOptions(cached_keyname=replace(cfg, keyname=keyname or cfg.keyname,
                                               accept_cached=accept_cached or cfg.accept_cached).cached_keyname),
-        passphrase_file=passphrase_file,
+        passphrase_file=passphrase_file, network=timeouts(network_timeout, connect_timeout),
     )
     serve_module.serve(options)
 

@@ -116,6 +116,41 @@ def parse_pcrs(text: str) -> tuple[int, ...]:
     return pcrs
 
 
+# A clevis compact JWE: five base64url parts. An sss of three tang pins is 5.5 KB; 256 KiB leaves room
+# for nesting and many servers and still keeps the file far below its 1 MiB bound.
+_JWE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+MAX_JWE_CHARS = 256 * 1024
+
+
+def _jwe(text: str) -> str:
+    if len(text) > MAX_JWE_CHARS or not _JWE.fullmatch(text):
+        raise FormatError("jwe must be a compact JWE of at most 256 KiB")
+    return text
+
+
+def _threshold(text: str) -> int:
+    t = parse_int(text)
+    if not 2 <= t <= 255:
+        raise FormatError("threshold must be 2..255")
+    return t
+
+
+def parse_verifiers(text: str) -> dict[int, bytes]:
+    """`<x>:<b64 SHA-256>,...`: one verifier per quorum share, x ascending, 2..255 of them."""
+    out: dict[int, bytes] = {}
+    for item in text.split(","):
+        x, sep, digest = item.partition(":")
+        if not sep:
+            raise FormatError("verifiers: expected <x>:<sha256>,...")
+        index = parse_int(x)
+        if not 1 <= index <= 255 or (out and index <= max(out)):
+            raise FormatError("verifiers: x must be 1..255, ascending, unique")
+        out[index] = b64decode(digest, 32)
+    if len(out) < 2:
+        raise FormatError("verifiers: a quorum needs at least 2 shares")
+    return out
+
+
 def _check_bank(text: str) -> str:
     if text not in TPM_BANKS:
         raise FormatError(f"unknown PCR bank {text!r}")
@@ -139,6 +174,9 @@ FIELD_CHECKS: dict[str, Callable[[str], object]] = {
     "private": _blob,
     "parent": _blob,
     "credential": _blob,
+    "jwe": _jwe,
+    "threshold": _threshold,
+    "verifiers": parse_verifiers,
 }
 
 # The fields of each slot type, in the one order they are written. A new slot type adds a line here
@@ -149,6 +187,10 @@ SLOT_FIELDS: dict[str, tuple[str, ...]] = {
     "tpm2": ("pcrs", "bank", "parent", "public", "private"),
     "tpm2+passphrase": ("argon2id", "salt", "pcrs", "bank", "parent", "public", "private"),
     "systemd-creds+passphrase": ("argon2id", "salt", "credential"),
+    "clevis": ("jwe",),
+    "clevis+passphrase": ("argon2id", "salt", "jwe"),
+    "clevis+tpm2": ("pcrs", "bank", "parent", "public", "private", "jwe"),
+    "quorum": ("threshold", "verifiers"),
 }
 
 

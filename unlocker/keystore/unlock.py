@@ -8,7 +8,8 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from unlocker.errors import InvalidInput, KdfCostRefused, TpmError, TpmLockout, WrongSecret
+from unlocker.clevis.jose import JoseError
+from unlocker.errors import InvalidInput, KdfCostRefused, NetworkUnlockFailed, TpmError, TpmLockout, WrongSecret
 from unlocker.keystore import aead, kdf
 from unlocker.keystore.fileformat import KEY_BYTES, Dek, FormatError, Keystore, Slot
 from unlocker.keystore.slots import Secrets, slot_type
@@ -74,11 +75,11 @@ def _try_slot(keystore: Keystore, slot: Slot, secrets: Secrets) -> bytearray:
 
 def open_keystore(keystore: Keystore, secrets: Secrets, only_slot: int | None = None) -> Unlocked:
     """Try each slot that takes these secrets, in order, until one opens; then authenticate the whole
-    header. Raises WrongSecret when none opens, the first TPM error when a TPM slot failed for a reason
-    other than the passphrase (so "PCRs changed" is not reported as "wrong passphrase"), TpmLockout at
-    once (trying further TPM slots would only burn attempts), KdfCostRefused when the only slots that
-    could open ask for more Argon2id memory or work than this machine spends, FormatError when the header
-    MAC fails.
+    header. Raises WrongSecret when none opens, the first TPM or network error when such a slot failed for
+    a reason other than the passphrase (so "PCRs changed" or "Tang refused" is not reported as "wrong
+    passphrase"), TpmLockout at once (trying further TPM slots would only burn attempts), KdfCostRefused
+    when the only slots that could open ask for more Argon2id memory or work than this machine spends,
+    FormatError when the header MAC fails.
     """
     if only_slot is not None and any(d.index == only_slot for d in keystore.damaged):
         raise FormatError(f"slot {only_slot} is damaged")
@@ -89,17 +90,18 @@ def open_keystore(keystore: Keystore, secrets: Secrets, only_slot: int | None = 
     # A recovery key goes to recovery slots first; a secret shaped like one may still be a passphrase,
     # so passphrase slots come next, but never TPM slots when a recovery slot took it: a recovery key
     # that does not fit must not cost a try at a TPM's dictionary-attack counter. Slots that cost nothing
-    # to try go before TPM slots for the same reason.
+    # to try go before TPM slots for the same reason, and before network slots, which cost a round trip.
     if any(s.type == "recovery" for s in candidates):
         candidates = [s for s in candidates if not slot_type(s.type).needs_tpm]
-    candidates.sort(key=lambda s: (s.type != "recovery", slot_type(s.type).needs_tpm, s.index))
+    candidates.sort(key=lambda s: (s.type != "recovery", slot_type(s.type).needs_tpm,
+                                   slot_type(s.type).needs_network, s.index))
     if not candidates:
         if keystore.damaged:
             raise FormatError(f"no intact slot takes what was supplied, and slot(s) {damaged_list(keystore)} "
                               "are damaged (the secret may belong to one of them)")
         which = f"slot {only_slot}" if only_slot is not None else "no slot"
         raise InvalidInput(f"{which} of this keystore can be opened with what was supplied")
-    tpm_error: TpmError | None = None
+    device_error: TpmError | NetworkUnlockFailed | JoseError | None = None
     cost_error: KdfCostRefused | None = None
     mistyped: InvalidInput | None = None
     for slot in candidates:
@@ -118,15 +120,15 @@ def open_keystore(keystore: Keystore, secrets: Secrets, only_slot: int | None = 
             continue
         except TpmLockout:
             raise
-        except TpmError as e:
-            tpm_error = tpm_error or e
+        except (TpmError, NetworkUnlockFailed, JoseError) as e:
+            device_error = device_error or e
             continue
         if not hmac.compare_digest(header_mac(keystore, store_key), keystore.mac):
             wipe(store_key)
             raise FormatError("header authentication failed: the file was modified")
         return Unlocked(keystore, store_key, slot.index)
-    if tpm_error is not None:
-        raise tpm_error
+    if device_error is not None:
+        raise device_error
     if cost_error is not None:
         raise cost_error
     if mistyped is not None:
@@ -137,6 +139,29 @@ def open_keystore(keystore: Keystore, secrets: Secrets, only_slot: int | None = 
             "(the secret may belong to one of them)"
         )
     raise WrongSecret()
+
+
+def unattended_slots(keystore: Keystore) -> list[Slot]:
+    """The slots that open with no person present (tpm2, clevis, clevis+tpm2), in index order."""
+    return [s for s in keystore.slots if not slot_type(s.type).needs_passphrase]
+
+
+def open_unattended(keystore: Keystore, secrets: Secrets) -> tuple[Unlocked | None, list[tuple[Slot, str]]]:
+    """Try each unattended slot on its own; the first that opens wins. Returns it (or None) and, for each
+    slot tried that did not open, why (its TPM error, each Tang server's failure, or "wrong secret").
+    TpmLockout still ends the attempt at once."""
+    reasons: list[tuple[Slot, str]] = []
+    for slot in unattended_slots(keystore):
+        if not slot_type(slot.type).accepts(secrets):
+            reasons.append((slot, "not tried: " + ("no TPM found" if secrets.tcti is None else "no network")))
+            continue
+        try:
+            return open_keystore(keystore, secrets, only_slot=slot.index), reasons
+        except TpmLockout:
+            raise
+        except (WrongSecret, TpmError, NetworkUnlockFailed, JoseError) as e:
+            reasons.append((slot, str(e)))
+    return None, reasons
 
 
 def damaged_list(keystore: Keystore) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 from dataclasses import dataclass
 
 from unlocker.errors import InvalidInput, UnlockerError
@@ -28,12 +29,29 @@ class Cancelled(UnlockerError):
     """Nobody answered: the agent cancelled or the prompt timed out."""
 
 
-def ask(message: str, options: AskOptions) -> bytearray:
-    argv = ["systemd-ask-password", "--id=unlocker:keystore", "--icon=drive-harddisk",
-            f"--timeout={options.timeout_s}", "--echo=no", message]
+class Withdrawn(Cancelled):
+    """The prompt was taken back because the keystore opened another way (an unattended slot)."""
+
+
+def _withdraw_when(event: threading.Event, proc: subprocess.Popen[bytes]) -> None:
+    # SIGTERM makes systemd-ask-password remove its ask file, so every agent drops the question.
+    while proc.poll() is None:
+        if event.wait(0.05):
+            proc.terminate()
+            return
+
+
+def ask(message: str, options: AskOptions, withdraw: threading.Event | None = None,
+        question_id: str = "unlocker:keystore", timeout_s: int | None = None) -> bytearray:
+    """The passphrase typed at the prompt. Raises Cancelled, or Withdrawn once `withdraw` is set."""
+    timeout_s = options.timeout_s if timeout_s is None else timeout_s
+    argv = ["systemd-ask-password", f"--id={question_id}", "--icon=drive-harddisk",
+            f"--timeout={timeout_s}", "--echo=no", message]
     log.debug("+ %s", " ".join(argv))
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     assert proc.stdout is not None and proc.stderr is not None
+    if withdraw is not None:
+        threading.Thread(target=_withdraw_when, args=(withdraw, proc), daemon=True).start()
     refused: InvalidInput | None = None
     secret = None
     try:
@@ -43,6 +61,8 @@ def ask(message: str, options: AskOptions) -> bytearray:
     err = proc.stderr.read().decode(errors="replace").strip()
     if proc.wait() != 0:
         wipe(secret)
+        if withdraw is not None and withdraw.is_set():
+            raise Withdrawn("the prompt was withdrawn: the keystore opened without it")
         raise Cancelled(f"no passphrase was given ({err or 'prompt cancelled'})")
     if refused is not None:
         raise refused

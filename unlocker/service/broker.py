@@ -122,7 +122,7 @@ class Broker:
         self.grants_file = grants_file
         self.stats = Stats()
         self.state_since = time.time()
-        self.unlocked_by: str | None = None  # tpm2, cached passphrase, prompt or passphrase file
+        self.unlocked_by: str | None = None  # an unattended slot type, cached passphrase, prompt, passphrase file
         self._grants: dict[tuple[str, str], grants.Grant] = {}
         self._grants_stamp: tuple[int, int] | None = None
         self._grants_error: str | None = None

@@ -9,23 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from systemd import daemon
 
+from unlocker.clevis.http import Timeouts
 from unlocker.errors import UnlockerError, WrongSecret
 from unlocker.keystore import storage
 from unlocker.keystore.fileformat import FormatError
-from unlocker.keystore.slots import Secrets, slot_type
-from unlocker.keystore.unlock import Unlocked, open_keystore, with_store_key
+from unlocker.keystore.slots import Secrets
+from unlocker.keystore.unlock import Unlocked, unattended_slots, with_store_key
 from unlocker.memory import harden_process, wipe
 from unlocker.run import log
 from unlocker.secret_input import read_secret_file
 from unlocker.service import ask, audit, cached_passphrase
 from unlocker.service.broker import CONTROL_BACKLOG, Broker, handle_control, listen, raise_descriptor_limit
 from unlocker.service.keyring import Keyring
+from unlocker.service.quorum_prompt import SHARE_TIMEOUT_S, QuorumAtPrompt
+from unlocker.service.unattended import Backoff, Unattended
 
 
 @dataclass(frozen=True)
@@ -36,22 +40,15 @@ class ServeOptions:
     tries: int = 3
     ask: ask.AskOptions = field(default_factory=ask.AskOptions)
     passphrase_file: str | None = None  # for tests and scripted demos; the prompt is the normal path
+    network: Timeouts = field(default_factory=Timeouts)
+    backoff: Backoff = field(default_factory=Backoff)
+    # How long the unattended slots' first try may hold the prompt back: long enough that a Tang server
+    # that answers spares the prompt altogether, short enough that a silent one does not delay a person.
+    grace_s: float = 1.0
 
 
 def notify(status: str, ready: bool = False) -> None:
     daemon.notify(("READY=1\n" if ready else "") + f"STATUS={status}")
-
-
-def _unlock_without_prompt(options: ServeOptions) -> Unlocked | None:
-    """A TPM-only slot unlocks unattended when the TPM agrees; any failure falls back to the prompt."""
-    keystore = storage.read(options.keystore)
-    if options.tcti is None or not any(not slot_type(s.type).needs_passphrase for s in keystore.slots):
-        return None
-    try:
-        return open_keystore(keystore, Secrets(None, options.tcti))
-    except UnlockerError as e:
-        log.warning("TPM-only unlock failed, asking for the passphrase: %s", e)
-        return None
 
 
 def _unlock_from_cache(options: ServeOptions) -> Unlocked | None:
@@ -64,7 +61,8 @@ def _unlock_from_cache(options: ServeOptions) -> Unlocked | None:
     if passphrase is None:
         return None
     try:
-        return storage.open_from(options.keystore, storage.read(options.keystore), Secrets(passphrase, options.tcti))
+        return storage.open_from(options.keystore, storage.read(options.keystore),
+                                 Secrets(passphrase, options.tcti, options.network))
     except WrongSecret:
         log.warning("the passphrase cached under %r does not open the keystore; asking", keyname)
         return None
@@ -73,24 +71,96 @@ def _unlock_from_cache(options: ServeOptions) -> Unlocked | None:
 
 
 def unlock_interactively(options: ServeOptions) -> tuple[Unlocked, str]:
-    """Unlock, and say how: unattended through the TPM, from the initrd's cached passphrase, or at the
-    prompt, asking at most `tries` times. Stops at once on a TPM lockout: every further guess would only
-    extend it."""
-    opened = _unlock_without_prompt(options)
-    if opened is not None:
-        return opened, "tpm2"
-    opened = _unlock_from_cache(options)
-    if opened is not None:
-        return opened, "cached passphrase"
-    for attempt in range(1, options.tries + 1):
-        notify(f"waiting for the passphrase (attempt {attempt} of {options.tries})")
+    """Unlock, and say how: through an unattended slot (tpm2, clevis, clevis+tpm2: the slot type), from
+    the initrd's cached passphrase, or at the prompt, asking at most `tries` times. The unattended slots
+    keep being tried, with back-off, while the prompt is up; the first to open withdraws the prompt.
+    Stops at once on a TPM lockout: every further guess would only extend it."""
+    keystore = storage.read(options.keystore)
+    race = None
+    withdraw = threading.Event()
+    if unattended_slots(keystore):
+        race = Unattended(options.keystore, options.tcti, options.network, options.backoff, withdraw).start()
+        notify("trying the unattended slots")
+        race.first_round.wait(options.grace_s)
+    try:
+        won = race.claim() if race is not None else None
+        if won is not None:
+            return won
+        opened = _unlock_from_cache(options)
+        if opened is not None:
+            return opened, "cached passphrase"
+        return _prompt(options, race, withdraw)
+    finally:
+        if race is not None:
+            race.discard()  # a slot that opened too late is wiped, not left in memory
+
+
+def _prompt(options: ServeOptions, race: Unattended | None, withdraw: threading.Event) -> tuple[Unlocked, str]:
+    quorum = QuorumAtPrompt(storage.read(options.keystore))
+    try:
+        return _ask_until_open(options, race, withdraw, quorum)
+    finally:
+        quorum.reset()
+
+
+def _ask(options: ServeOptions, race: Unattended | None, withdraw: threading.Event, message: str,
+         question_id: str = "unlocker:keystore", timeout_s: int | None = None) -> bytearray | tuple[Unlocked, str]:
+    """What was typed, or what won the race while the question was up."""
+    try:
+        return ask.ask(message, options.ask, withdraw, question_id, timeout_s)
+    except ask.Withdrawn:
+        won = race.claim() if race is not None else None
+        if won is None:
+            raise
+        log.warning("the prompt was withdrawn: slot %d (%s) opened", won[0].slot_index, won[1])
+        return won
+
+
+def _ask_until_open(options: ServeOptions, race: Unattended | None, withdraw: threading.Event,
+                    quorum: QuorumAtPrompt) -> tuple[Unlocked, str]:
+    attempt = 1
+    while attempt <= options.tries:
+        won = race.claim() if race is not None else None
+        if won is not None:
+            return won
+        if quorum.collecting:
+            question_id, message = quorum.question()
+            notify(f"waiting for quorum shares ({message})")
+            try:
+                answer = _ask(options, race, withdraw, message, question_id, SHARE_TIMEOUT_S)
+            except ask.Cancelled as e:
+                log.warning("quorum: %s; the shares given so far are dropped", e)
+                quorum.reset()
+                continue
+            if isinstance(answer, tuple):
+                return answer
+            if not quorum.wants(answer):
+                wipe(answer)
+                quorum.refused = "that is not a quorum share"
+                continue
+            opened = quorum.offer(answer)
+            if opened is not None:
+                return opened, "quorum"
+            continue
+        notify(f"waiting for the passphrase (attempt {attempt} of {options.tries})"
+               + ("; still trying the unattended slots" if race is not None else ""))
         if options.passphrase_file is not None:
             passphrase = read_secret_file(options.passphrase_file)
         else:
-            passphrase = ask.ask(ask.prompt_message(attempt, options.tries), options.ask)
+            answer = _ask(options, race, withdraw, ask.prompt_message(attempt, options.tries))
+            if isinstance(answer, tuple):
+                return answer
+            passphrase = answer
+        if quorum.wants(passphrase):  # the first share, typed at the passphrase prompt
+            opened = quorum.offer(passphrase)
+            if opened is not None:
+                return opened, "quorum"
+            if options.passphrase_file is not None:
+                break
+            continue
         try:
             opened = storage.open_from(options.keystore, storage.read(options.keystore),
-                                       Secrets(passphrase, options.tcti))
+                                       Secrets(passphrase, options.tcti, options.network))
             return opened, "passphrase file" if options.passphrase_file is not None else "prompt"
         except WrongSecret:
             log.warning("wrong passphrase (attempt %d of %d)", attempt, options.tries)
@@ -98,6 +168,7 @@ def unlock_interactively(options: ServeOptions) -> tuple[Unlocked, str]:
             wipe(passphrase)
         if options.passphrase_file is not None:
             break
+        attempt += 1
     raise WrongSecret(f"no keyslot opened after {options.tries} attempt(s); restart unlocker.service to try again")
 
 

@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from unlocker.clevis.http import Timeouts
 from unlocker.keystore import kdf
 from unlocker.keystore.fileformat import Slot
 
@@ -21,6 +22,8 @@ class Secrets:
 
     passphrase: bytearray | None = None  # a passphrase, or a recovery key as typed
     tcti: str | None = None  # where the TPM is, when TPM slots may be used
+    network: Timeouts | None = None  # the timeouts for Tang servers, when network slots may be used
+    shares: list[bytearray] | None = None  # quorum shares as typed (each one's text)
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class SlotType(ABC):
     name: ClassVar[str]
     needs_passphrase: ClassVar[bool]
     needs_tpm: ClassVar[bool] = False
+    needs_network: ClassVar[bool] = False
 
     @classmethod
     def label(cls) -> bytes:
@@ -48,11 +52,13 @@ class SlotType(ABC):
     def accepts(self, secrets: Secrets) -> bool:
         """Whether an unlock with these secrets should try this kind of slot at all."""
         has_passphrase = secrets.passphrase is not None
-        return has_passphrase == self.needs_passphrase and (secrets.tcti is not None or not self.needs_tpm)
+        return (has_passphrase == self.needs_passphrase and (secrets.tcti is not None or not self.needs_tpm)
+                and (secrets.network is not None or not self.needs_network))
 
     @abstractmethod
     def derive(self, slot: Slot, secrets: Secrets, keystore_id: bytes) -> bytearray:
-        """The slot key for an existing slot. Raises WrongSecret, or a TpmError for TPM slots."""
+        """The slot key for an existing slot. Raises WrongSecret, a TpmError for TPM slots,
+        NetworkUnlockFailed for network slots."""
 
     @abstractmethod
     def create(self, secrets: Secrets, keystore_id: bytes, options: EnrollOptions) -> tuple[Params, bytearray]:
@@ -66,6 +72,10 @@ _REGISTRY = {
     "tpm2": ("unlocker.keystore.slots.tpm2", "Tpm2Slot"),
     "tpm2+passphrase": ("unlocker.keystore.slots.tpm2", "Tpm2PassphraseSlot"),
     "systemd-creds+passphrase": ("unlocker.keystore.slots.systemd_creds", "SystemdCredsPassphraseSlot"),
+    "clevis": ("unlocker.keystore.slots.clevis", "ClevisSlot"),
+    "clevis+passphrase": ("unlocker.keystore.slots.clevis", "ClevisPassphraseSlot"),
+    "clevis+tpm2": ("unlocker.keystore.slots.clevis_tpm2", "ClevisTpm2Slot"),
+    "quorum": ("unlocker.keystore.slots.quorum", "QuorumSlot"),
 }
 
 

@@ -30,7 +30,7 @@ from unlocker.tpm import esapi
 SHARE_BYTES = 32
 
 
-def _sealed_from(slot: Slot, with_auth: bool) -> esapi.Sealed:
+def sealed_from(slot: Slot, with_auth: bool) -> esapi.Sealed:
     return esapi.Sealed(
         public=b64decode(slot.param("public")),
         private=b64decode(slot.param("private")),
@@ -41,7 +41,7 @@ def _sealed_from(slot: Slot, with_auth: bool) -> esapi.Sealed:
     )
 
 
-def _sealed_params(sealed: esapi.Sealed) -> Params:
+def sealed_params(sealed: esapi.Sealed) -> Params:
     return (
         ("pcrs", format_pcrs(sealed.pcrs)),
         ("bank", sealed.bank),
@@ -54,7 +54,7 @@ def _sealed_params(sealed: esapi.Sealed) -> Params:
 def sealed_to_current_pcrs(slot: Slot, tcti: str) -> bool:
     """Whether the TPM would unseal this slot's share today as far as the PCRs go (the passphrase aside):
     `unlocker doctor` catches a changed firmware or boot chain before a boot finds out. Raises TpmError."""
-    return esapi.policy_matches(tcti, _sealed_from(slot, with_auth=slot.type == Tpm2PassphraseSlot.name))
+    return esapi.policy_matches(tcti, sealed_from(slot, with_auth=slot.type == Tpm2PassphraseSlot.name))
 
 
 class Tpm2Slot(SlotType):
@@ -66,7 +66,7 @@ class Tpm2Slot(SlotType):
         assert secrets.tcti is not None
         share = bytearray(SHARE_BYTES)
         try:
-            esapi.unseal(secrets.tcti, _sealed_from(slot, with_auth=False), None, share)
+            esapi.unseal(secrets.tcti, sealed_from(slot, with_auth=False), None, share)
             return kdf.hkdf(share, keystore_id, self.label())
         finally:
             wipe(share)
@@ -76,7 +76,7 @@ class Tpm2Slot(SlotType):
         share = bytearray(os.urandom(SHARE_BYTES))
         try:
             sealed = esapi.seal(secrets.tcti, share, None, options.pcrs, options.bank)
-            return _sealed_params(sealed), kdf.hkdf(share, keystore_id, self.label())
+            return sealed_params(sealed), kdf.hkdf(share, keystore_id, self.label())
         finally:
             wipe(share)
 
@@ -107,7 +107,7 @@ class Tpm2PassphraseSlot(SlotType):
         share = bytearray(SHARE_BYTES)
         auth = stretched[32:]
         try:
-            esapi.unseal(secrets.tcti, _sealed_from(slot, with_auth=True), auth, share)
+            esapi.unseal(secrets.tcti, sealed_from(slot, with_auth=True), auth, share)
             return self._slot_key(stretched, share, keystore_id)
         finally:
             wipe(stretched, share, auth)
@@ -123,7 +123,7 @@ class Tpm2PassphraseSlot(SlotType):
             params: Params = (
                 ("argon2id", format_argon2(argon2)),
                 ("salt", b64encode(salt)),
-                *_sealed_params(sealed),
+                *sealed_params(sealed),
             )
             return params, self._slot_key(stretched, share, keystore_id)
         finally:
