@@ -64,19 +64,17 @@ def test_unlockers_own_prompt_reaches_the_console(machine: Machine, tmp_path) ->
     assert 0 < float(results["exposure"]) < 3, details
 
 
-def test_one_prompt_with_dracut(machine: Machine, tmp_path) -> None:
-    # Case 1: the LUKS volume is opened in the dracut initrd; systemd-cryptsetup caches the passphrase as key
-    # "cryptsetup" in root's user keyring; unlocker.service (KeyringMode=shared, accept-cached) opens the
-    # keystore with it: exactly one prompt in the whole boot.
+def _one_prompt(machine: Machine, tmp_path, initrd: str, luks_prompt: str, case: str) -> None:
+    """One passphrase, typed at the initrd's LUKS prompt, opens the volume and then unlocker's keystore."""
     machine.add_luks_volume(PASSPHRASE.encode())
     payload = keystore_payload(tmp_path / "payload", CHECK, conf="[prompt]\naccept-cached = yes\n")
-    with machine.boot(payload, initrd="dracut") as boot:
-        boot.answer(DRACUT_PROMPT, PASSPHRASE, timeout=300)
+    with machine.boot(payload, initrd=initrd) as boot:
+        boot.answer(luks_prompt, PASSPHRASE, timeout=300)
         seconds = boot.wait_poweroff()
-    print(f"\ncase 1: boot to power-off {seconds} s; marks {boot.marks}")
+    print(f"\n{case}: boot to power-off {seconds} s; marks {boot.marks}")
     results = boot.results()
     details = f"results: {results}\nserial log: {boot.serial_log}"
-    assert boot.count(DRACUT_PROMPT) == 1, details
+    assert boot.count(luks_prompt) == 1, details
     assert boot.count(UNLOCKER_PROMPT) == 0, details
     _common(results, details)
     assert results["unlocked_by"] == "cached passphrase", details
@@ -85,21 +83,15 @@ def test_one_prompt_with_dracut(machine: Machine, tmp_path) -> None:
     assert set(filter(None, results["user_keys"].split(","))) <= {"cryptsetup"}, details
 
 
+def test_one_prompt_with_dracut(machine: Machine, tmp_path) -> None:
+    # Case 1: the LUKS volume is opened in the dracut initrd; systemd-cryptsetup caches the passphrase as key
+    # "cryptsetup" in root's user keyring; unlocker.service (KeyringMode=shared, accept-cached) opens the
+    # keystore with it: exactly one prompt in the whole boot.
+    _one_prompt(machine, tmp_path, "dracut", DRACUT_PROMPT, "case 1")
+
+
 def test_one_prompt_with_initramfs_tools_and_the_shipped_keyscript(machine: Machine, tmp_path) -> None:
     # Case 2: Debian's default initrd, with the keyscript and hook `unlocker install --initramfs` put in place
     # (scripts/vm-image does exactly that): askpass asks once, the keyscript caches for 150 s, and unlocker
     # opens the keystore from the cache.
-    machine.add_luks_volume(PASSPHRASE.encode())
-    payload = keystore_payload(tmp_path / "payload", CHECK, conf="[prompt]\naccept-cached = yes\n")
-    with machine.boot(payload, initrd="initramfs-tools") as boot:
-        boot.answer(KEYSCRIPT_PROMPT, PASSPHRASE, timeout=300)
-        seconds = boot.wait_poweroff()
-    print(f"\ncase 2: boot to power-off {seconds} s; marks {boot.marks}")
-    results = boot.results()
-    details = f"results: {results}\nserial log: {boot.serial_log}"
-    assert boot.count(KEYSCRIPT_PROMPT) == 1, details
-    assert boot.count(UNLOCKER_PROMPT) == 0, details
-    _common(results, details)
-    assert results["unlocked_by"] == "cached passphrase", details
-    assert results["luks"] == "open", details
-    assert set(filter(None, results["user_keys"].split(","))) <= {"cryptsetup"}, details
+    _one_prompt(machine, tmp_path, "initramfs-tools", KEYSCRIPT_PROMPT, "case 2")
