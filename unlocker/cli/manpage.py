@@ -137,10 +137,15 @@ def _metavar(param: Any) -> str:
     return {Path: "PATH", int: "N"}.get(kind, "PATH" if str(param.name).endswith("_file") else "TEXT")
 
 
+def _breakable(text: str) -> str:
+    """A list of choices may be wider than the page: let troff break after each | (\\: breaks, prints nothing)."""
+    return text.replace("|", "|\\:")
+
+
 def _option(param: Any) -> list[str]:
     names = ", ".join(f"\\fB{esc(o)}\\fR" for o in [*param.opts, *param.secondary_opts])
     if not param.is_flag:
-        names += f" \\fI{esc(_metavar(param))}\\fR"
+        names += f" \\fI{_breakable(esc(_metavar(param)))}\\fR"
     help_text = param.help or ""
     default = param.default
     if not param.is_flag and default not in (None, "", ()) and not callable(default):  # a flag's is its name
@@ -153,7 +158,8 @@ def _usage(name: str, cmd: Any) -> str:
     for p in cmd.params:
         if p.param_type_name == "argument":
             shown = _metavar(p) + ("..." if p.nargs == -1 else "")
-            parts.append(f"\\fI{esc(shown)}\\fR" if p.required else f"[\\fI{esc(shown)}\\fR]")
+            shown = _breakable(esc(shown))
+            parts.append(f"\\fI{shown}\\fR" if p.required else f"[\\fI{shown}\\fR]")
     if any(p.param_type_name == "option" for p in cmd.params):
         parts.append("[\\fIOPTIONS\\fR]")
     return " ".join(parts)
