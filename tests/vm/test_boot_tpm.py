@@ -54,7 +54,7 @@ result tpm2_passphrase_check $?
 """
 
 SECURE_BOOT_FLIPPED = PRELUDE + REPORT + r"""
-result tpm_failed_pcr7 "$(journalctl -b -u unlocker.service -o cat | grep 'TPM-only unlock failed' | grep -c 'PCR 7')"
+result tpm_failed_pcr7 "$(journalctl -b -u unlocker.service -o cat | grep '(tpm2) did not open' | grep -c 'PCR 7')"
 unlocker rotate tpm2 $TPM $KDF --passphrase-file /run/pass --new-passphrase-file /run/pass
 result rotate_exit $?
 """
