@@ -163,31 +163,38 @@ def test_describe_names_the_pin_and_servers(tang_servers):
     assert all(json_of(unb64url(parse_compact(jwe).protected)))
 
 
-def test_a_server_that_is_not_tang_is_named_as_a_bad_reply(tang_servers):
-    """A real HTTP server that is not Tang (the stdlib's, which answers POST with 501) at a tang URL."""
+def _failures_through(handler, tang_servers) -> tuple[str, list[str]]:
+    """Decrypts a tang JWE whose URL is a small real HTTP server with `handler` (a fault tangd cannot
+    produce); returns that URL and the failures named."""
     import http.server
     import threading
 
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{httpd.server_port}"
         adv = tang.fetch_advertisement(tang_servers[0].url, Timeouts())
         jwe = pins.encrypt("tang", {"url": url, "adv": adv, "thp": tang_servers[0].signing_thp()}, SECRET)
         with pytest.raises(NetworkUnlockFailed) as e:
             pins.decrypt(jwe)
-        assert e.value.failures == [f"{url}: bad reply (HTTP 501)"]
+        return url, e.value.failures
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_server_that_is_not_tang_is_named_as_a_bad_reply(tang_servers):
+    """A real HTTP server that is not Tang (the stdlib's, which answers POST with 501) at a tang URL."""
+    import http.server
+
+    url, failures = _failures_through(http.server.SimpleHTTPRequestHandler, tang_servers)
+    assert failures == [f"{url}: bad reply (HTTP 501)"]
 
 
 def test_a_reply_point_off_the_curve_is_refused_as_a_bad_reply(tang_servers):
     """A server answering /rec with a point that is not on the curve (what a malicious server would try:
     an invalid-curve reply). Real tangd cannot be made to do this, so a small real HTTP server does."""
     import http.server
-    import threading
 
     from unlocker.clevis.jose import ec_jwk
 
@@ -203,15 +210,5 @@ def test_a_reply_point_off_the_curve_is_refused_as_a_bad_reply(tang_servers):
         def log_message(self, *args):
             pass
 
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), OffCurve)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_port}"
-        adv = tang.fetch_advertisement(tang_servers[0].url, Timeouts())
-        jwe = pins.encrypt("tang", {"url": url, "adv": adv, "thp": tang_servers[0].signing_thp()}, SECRET)
-        with pytest.raises(NetworkUnlockFailed) as e:
-            pins.decrypt(jwe)
-        assert e.value.failures == [f"{url}: bad reply (a point that is not on its curve)"]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    url, failures = _failures_through(OffCurve, tang_servers)
+    assert failures == [f"{url}: bad reply (a point that is not on its curve)"]

@@ -3,6 +3,7 @@ clevis+tpm2), and Debian's `clevis decrypt` pointed at what `unlocker slots --js
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 
 import pytest
 from conftest import write_secret
@@ -190,12 +192,10 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_the_slot_secret_and_slot_key_are_wiped_after_an_unattended_unlock(keystore, tang_servers, cli):
-    path, pw = keystore
-    assert cli("enroll", "clevis", "sss", sss(tang_servers), "--passphrase-file", pw, keystore=path).returncode == 0
-    ks = storage.read(path)
-    secret = pins.decrypt(ks.slot(1).param("jwe"))
-    slot_key = kdf.hkdf(secret, ks.id, b"unlocker/v1 slot clevis")
+@contextlib.contextmanager
+def _stopped_after_unattended_check(path) -> Iterator[int]:
+    """`unlocker unlock --check --unattended` in a child that stops itself once slot 1 opened; its pid, for
+    a memory scan. Killed afterwards, whatever the test found."""
     child = subprocess.Popen([sys.executable, "-c", CHILD, "--keystore", str(path), "unlock", "--check",
                               "--unattended"], env=environment_with_scrubbing(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)
@@ -203,11 +203,21 @@ def test_the_slot_secret_and_slot_key_are_wiped_after_an_unattended_unlock(keyst
         _, status = os.waitpid(child.pid, os.WUNTRACED)
         assert os.WIFSTOPPED(status), child.stderr.read()
         assert b"slot 1 opens" in child.stdout.read1()
-        for name, value in (("slot secret S", secret), ("slot key", slot_key)):
-            assert find_in_process(child.pid, bytes(value)) == [], f"{name} left in memory"
+        yield child.pid
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
+
+
+def test_the_slot_secret_and_slot_key_are_wiped_after_an_unattended_unlock(keystore, tang_servers, cli):
+    path, pw = keystore
+    assert cli("enroll", "clevis", "sss", sss(tang_servers), "--passphrase-file", pw, keystore=path).returncode == 0
+    ks = storage.read(path)
+    secret = pins.decrypt(ks.slot(1).param("jwe"))
+    slot_key = kdf.hkdf(secret, ks.id, b"unlocker/v1 slot clevis")
+    with _stopped_after_unattended_check(path) as pid:
+        for name, value in (("slot secret S", secret), ("slot key", slot_key)):
+            assert find_in_process(pid, bytes(value)) == [], f"{name} left in memory"
 
 
 def test_the_jwe_content_key_is_wiped_after_an_unattended_unlock(keystore, tang_servers, cli):
@@ -226,18 +236,9 @@ def test_the_jwe_content_key_is_wiped_after_an_unattended_unlock(keystore, tang_
     e = ECC.EccPoint(int.from_bytes(unb64url(epk["x"]), "big"), int.from_bytes(unb64url(epk["y"]), "big"), "P-521")
     z = e * int.from_bytes(unb64url(server["d"]), "big")
     cek = concat_kdf(int(z.x).to_bytes(66, "big"), "A256GCM", jwe.header)
-    child = subprocess.Popen([sys.executable, "-c", CHILD, "--keystore", str(path), "unlock", "--check",
-                              "--unattended"], env=environment_with_scrubbing(), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
-    try:
-        _, status = os.waitpid(child.pid, os.WUNTRACED)
-        assert os.WIFSTOPPED(status), child.stderr.read()
-        assert b"slot 1 opens" in child.stdout.read1()
-        assert find_in_process(child.pid, bytes(cek)) == [], "the CEK left in memory"
-        assert find_in_process(child.pid, int(z.x).to_bytes(66, "big")) == [], "Z left in memory"
-    finally:
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
+    with _stopped_after_unattended_check(path) as pid:
+        assert find_in_process(pid, bytes(cek)) == [], "the CEK left in memory"
+        assert find_in_process(pid, int(z.x).to_bytes(66, "big")) == [], "Z left in memory"
 
 
 def test_enroll_with_a_server_down_names_it_and_writes_nothing(keystore, tang_servers, cli):
