@@ -3,29 +3,34 @@ once, and the helpers that find the TPM, ask for secrets and open the keystore."
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from unlocker import config
-from unlocker.clevis import pins
-from unlocker.clevis.http import Timeouts
+from unlocker.cli.options import Globals as Globals
+from unlocker.cli.options import global_options
+from unlocker.cli.options import tpm_device as tpm_device
+from unlocker.cli.reports import slot_info as slot_info
 from unlocker.errors import InvalidInput
-from unlocker.keystore import storage
-from unlocker.keystore.fileformat import Keystore
-from unlocker.keystore.slots import Secrets, recovery
-from unlocker.keystore.unlock import Unlocked
 from unlocker.memory import wipe
 from unlocker.secret_input import ask_tty, read_secret_file
 
-log = logging.getLogger("unlocker")
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+if TYPE_CHECKING:
+    from unlocker.clevis.http import Timeouts
+    from unlocker.keystore.slots import Secrets
+    from unlocker.keystore.unlock import Unlocked
+
+# The keystore, clevis and TPM stacks are imported inside the helpers that use them: --help and the
+# commands that only talk to the broker should not pay for them.
+
+# rich_markup_mode=None: plain click help. With rich, --help alone imported rich and took half a second.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)
 
 
 class SlotKind(StrEnum):
@@ -42,12 +47,6 @@ class SlotKind(StrEnum):
 
 TPM_KINDS = (SlotKind.tpm2, SlotKind.tpm2_passphrase, SlotKind.systemd_creds_passphrase, SlotKind.clevis_tpm2)
 UNATTENDED_KINDS = (SlotKind.tpm2, SlotKind.clevis, SlotKind.clevis_tpm2)
-
-
-@dataclass(frozen=True)
-class Globals:
-    keystore: Path
-    config: config.Config
 
 
 def globals_of(ctx: typer.Context) -> Globals:
@@ -73,6 +72,8 @@ ConnectTimeout = Annotated[float, typer.Option("--connect-timeout", help="Second
 
 
 def timeouts(total: float, connect: float) -> Timeouts:
+    from unlocker.clevis.http import Timeouts
+
     if total <= 0 or connect <= 0:
         raise InvalidInput("--network-timeout and --connect-timeout must be positive")
     return Timeouts(connect=min(connect, total), total=total)
@@ -85,15 +86,7 @@ def main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Log debug messages; show tracebacks.")] = False,
 ) -> None:
     """Keep a data key encrypted at rest; hand it only to the systemd units you grant."""
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
-    ctx.obj = Globals(keystore=keystore, config=config.load())
-
-
-def tpm_device(g: Globals, option: str | None) -> str | None:
-    """The TPM to use: the option, the config file, or the kernel's resource manager when present."""
-    if option or g.config.tpm2_device:
-        return option or g.config.tpm2_device
-    return config.DEFAULT_TCTI if Path("/dev/tpmrm0").exists() else None
+    ctx.obj = global_options(keystore, debug)
 
 
 def pcr_list(g: Globals, option: str | None, sealing: bool) -> tuple[int, ...]:
@@ -113,6 +106,10 @@ def ask_secret(passphrase_file: str | None, prompt: str, confirm: bool = False) 
 
 def open_store(g: Globals, passphrase_file: str | None, tcti: str | None, slot: int | None,
           tpm2_only: bool = False, network: Timeouts | None = None) -> Unlocked:
+    from unlocker.clevis.http import Timeouts
+    from unlocker.keystore import storage
+    from unlocker.keystore.slots import Secrets
+
     keystore = storage.read(g.keystore)
     if tpm2_only and tcti is None:
         raise InvalidInput("--tpm2-only needs a TPM: none found; pass --tpm2-device")
@@ -131,6 +128,9 @@ def open_store(g: Globals, passphrase_file: str | None, tcti: str | None, slot: 
 def new_secrets(kind: SlotKind, new_passphrase_file: str | None, tcti: str | None,
                 network: Timeouts | None = None) -> tuple[Secrets, bytearray | None]:
     """The secrets for a new slot, and the recovery key to show (once) when one was generated."""
+    from unlocker.clevis.http import Timeouts
+    from unlocker.keystore.slots import Secrets, recovery
+
     if kind in TPM_KINDS and tcti is None:
         raise InvalidInput(f"a {kind} slot needs a TPM: none found; pass --tpm2-device")
     network = network or Timeouts()
@@ -156,25 +156,3 @@ def show_recovery_key(shown: bytearray) -> None:
     sys.stdout.flush()
     os.write(sys.stdout.fileno(), bytes(shown) + b"\n\n")
     wipe(shown)
-
-
-def slot_info(keystore: Keystore) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
-    for s in keystore.slots:
-        row: dict[str, object] = {"slot": s.index, "type": s.type}
-        params = dict(s.params)
-        if "argon2id" in params:
-            m, t, p = (int(x) for x in params["argon2id"].split(","))
-            row["kdf"] = {"algorithm": "argon2id", "memory_kib": m, "iterations": t, "lanes": p}
-        if "pcrs" in params:
-            row["tpm2"] = {"pcrs": params["pcrs"], "bank": params["bank"]}
-        if "verifiers" in params:
-            row["quorum"] = {"threshold": int(params["threshold"]),
-                             "shares": [int(v.split(":")[0]) for v in params["verifiers"].split(",")]}
-        if "jwe" in params:
-            # Not secret without the network: `clevis decrypt` can be pointed at it.
-            row["clevis"] = {**pins.describe(params["jwe"]), "jwe": params["jwe"]}
-        if s.type == "systemd-creds+passphrase":
-            row["note"] = "systemd-creds takes no PIN: the TPM does not count wrong passphrases"
-        rows.append(row)
-    return rows

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Annotated
 import typer
 
 from unlocker.clevis.http import Timeouts
-from unlocker.cli import quorum
+from unlocker.cli import reports
 from unlocker.cli.common import (
     TPM_KINDS,
     ConnectTimeout,
@@ -30,17 +29,22 @@ from unlocker.cli.common import (
     open_store,
     pcr_list,
     show_recovery_key,
-    slot_info,
     timeouts,
     tpm_device,
 )
 from unlocker.errors import InvalidInput, TpmError, UnlockerError, WrongSecret
-from unlocker.keystore import changes, storage
+from unlocker.keystore import storage
 from unlocker.keystore.fileformat import FormatError, format_pcrs
-from unlocker.keystore.slots import EnrollOptions, Secrets
-from unlocker.keystore.unlock import Unlocked, open_unattended, unattended_slots
 from unlocker.memory import wipe
 from unlocker.service import control
+
+# typing.TYPE_CHECKING without importing typing: see cli/main.py.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from unlocker.keystore.unlock import Unlocked
+
+# The keystore's crypto (changes, slots, unlock) is imported inside the commands that use it, so that
+# --help and the other commands do not pay for it.
 
 log = logging.getLogger("unlocker")
 
@@ -56,6 +60,10 @@ def init(
     recovery_key: Annotated[bool, typer.Option("--recovery-key", help="Also add a recovery-key slot.")] = False,
 ) -> None:
     """Create the keystore with DEK version 1 and its first keyslot(s)."""
+    from unlocker.keystore import changes
+    from unlocker.keystore.slots import EnrollOptions
+    from unlocker.keystore.unlock import Unlocked
+
     g = globals_of(ctx)
     if g.keystore.exists():
         raise UnlockerError(f"a keystore already exists at {g.keystore}; refusing to overwrite it")
@@ -119,6 +127,10 @@ def enroll(
     """Add a keyslot. Unlocks with an existing slot first. A clevis slot takes PIN and CONFIG as
     `clevis encrypt` does, e.g. tang '{"url": "http://tang1", "thp": "..."}'. A quorum slot shows each
     of --shares shares once and asks it typed back; any --threshold of them open the keystore."""
+    from unlocker.cli import quorum
+    from unlocker.keystore import changes
+    from unlocker.keystore.slots import EnrollOptions, Secrets
+
     g = globals_of(ctx)
     if (kind == SlotKind.quorum) != (shares is not None and threshold is not None):
         raise InvalidInput("--shares and --threshold go with 'enroll quorum', and it needs both")
@@ -155,33 +167,7 @@ def enroll(
 @app.command()
 def slots(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the keyslots (no secrets)."""
-    keystore = storage.read(globals_of(ctx).keystore)
-    rows = slot_info(keystore)
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        detail = ""
-        if "kdf" in row:
-            k = row["kdf"]
-            assert isinstance(k, dict)
-            detail += f"  argon2id m={k['memory_kib']}KiB t={k['iterations']} p={k['lanes']}"
-        if "tpm2" in row:
-            t = row["tpm2"]
-            assert isinstance(t, dict)
-            detail += f"  pcrs={t['pcrs']} ({t['bank']})"
-        if "clevis" in row:
-            c = row["clevis"]
-            assert isinstance(c, dict)
-            threshold = f" {c['t']} of" if "t" in c else ""
-            detail += f"  {c['pin']}{threshold} " + ", ".join(s["url"] for s in c["servers"])
-        if "quorum" in row:
-            q = row["quorum"]
-            assert isinstance(q, dict)
-            detail += f"  {q['threshold']} of shares " + ", ".join(f"#{x}" for x in q["shares"])
-        if "note" in row:
-            detail += f"  ({row['note']})"
-        print(f"{row['slot']:>3}  {row['type']:<16}{detail}")
+    reports.slots(globals_of(ctx), as_json)
 
 
 @app.command("wipe-slot")
@@ -193,6 +179,8 @@ def wipe_slot(
     slot: SlotOption = None,
 ) -> None:
     """Remove a keyslot. Unlock with another slot to prove it works; the last slot is never removed."""
+    from unlocker.keystore import changes
+
     g = globals_of(ctx)
     opened = open_store(g, passphrase_file, tpm_device(g, tpm2_device), slot)
     try:
@@ -232,6 +220,8 @@ def unlock(
     if unattended:
         opened = _open_unattended(g.keystore, tpm_device(g, tpm2_device), network)
     elif with_quorum:
+        from unlocker.cli import quorum
+
         opened = quorum.unlock(storage.read(g.keystore), slot)
     else:
         opened = open_store(g, passphrase_file, tpm_device(g, tpm2_device), slot, tpm2_only, network)
@@ -246,6 +236,9 @@ def unlock(
 
 
 def _open_unattended(path: Path, tcti: str | None, network: Timeouts) -> Unlocked:
+    from unlocker.keystore.slots import Secrets
+    from unlocker.keystore.unlock import open_unattended, unattended_slots
+
     keystore = storage.read(path)
     if not unattended_slots(keystore):
         raise WrongSecret("no slot of this keystore opens without a person (enroll tpm2 or clevis)")

@@ -19,7 +19,7 @@ from typing import Any
 import typer.main
 
 from unlocker import config
-from unlocker.cli.main import app
+from unlocker.cli.main import typer_app
 from unlocker.service import audit, control, grants
 
 PROG = "unlocker"
@@ -63,7 +63,7 @@ SEE_ALSO = "unlocker(5), systemd.exec(5), systemd-creds(1), systemd-ask-password
 
 def command() -> Any:
     """The click command typer builds from the app (typer vendors its own click, so typed loosely)."""
-    return typer.main.get_command(app)
+    return typer.main.get_command(typer_app())
 
 
 # -- roff ---------------------------------------------------------------------------------------------------

@@ -35,14 +35,21 @@ from unlocker.cli.common import (
     tpm_device,
 )
 from unlocker.errors import InvalidInput, UnlockerError
-from unlocker.keystore import changes, rotation, storage
+from unlocker.keystore import storage
 from unlocker.keystore.fileformat import Keystore, format_pcrs
-from unlocker.keystore.slots import EnrollOptions, Secrets, slot_type
-from unlocker.keystore.unlock import Unlocked, open_keystore
 from unlocker.memory import wipe
 from unlocker.run import run
 from unlocker.secret_input import ask_tty, read_secret_file
-from unlocker.service import audit, control, grants
+from unlocker.service import control, grants
+
+# typing.TYPE_CHECKING without importing typing: see cli/main.py.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from unlocker.keystore.slots import EnrollOptions
+    from unlocker.keystore.unlock import Unlocked
+
+# The keystore's crypto (changes, rotation, slots, unlock) and the journal are imported inside the
+# functions that use them, so that --help and the other commands do not pay for them.
 
 
 class RotateKind(StrEnum):
@@ -78,6 +85,8 @@ def rotate(
     tpm2: re-seal every TPM slot to the current PCR values (after a firmware or boot-chain update).
     dek: a new DEK version becomes primary; older versions stay available for decryption.
     kek: a new store key; every DEK re-wrapped, every slot re-created (asks for what each slot needs)."""
+    from unlocker.keystore.slots import EnrollOptions
+
     g = globals_of(ctx)
     tcti = tpm_device(g, tpm2_device)
     options = EnrollOptions(kdf_time_ms=kdf_time, kdf_memory_kib=kdf_memory,
@@ -114,6 +123,10 @@ def _pair(text: str) -> tuple[int, str]:
 
 def _rotate_one(g: Globals, kind: RotateKind, opened: Unlocked, tcti: str | None, options: EnrollOptions,
                 new_passphrase_file: str | None) -> Keystore:
+    from unlocker.keystore import changes, rotation
+    from unlocker.keystore.slots import Secrets, slot_type
+    from unlocker.keystore.unlock import Unlocked
+
     if kind == RotateKind.passphrase:
         new = ask_secret(new_passphrase_file, "New passphrase: ", confirm=True)
         try:
@@ -154,6 +167,10 @@ def _rotate_one(g: Globals, kind: RotateKind, opened: Unlocked, tcti: str | None
 
 def _rotate_kek(g: Globals, tcti: str | None, options: EnrollOptions, passphrase_file: str | None,
                 slot: int | None, slot_files: dict[int, str], drop: set[int]) -> tuple[Keystore, Keystore, Unlocked]:
+    from unlocker.keystore import changes
+    from unlocker.keystore.slots import Secrets, slot_type
+    from unlocker.keystore.unlock import open_keystore
+
     keystore = storage.read(g.keystore)
     passphrase = ask_secret(passphrase_file, f"Passphrase or recovery key for {g.keystore}: ")
     secrets: dict[int, Secrets] = {}
@@ -223,6 +240,8 @@ def retire(
     restart_consumers: RestartConsumers = False,
 ) -> None:
     """Stop delivering DEK version ID. It stays in the keystore (purge destroys it)."""
+    from unlocker.keystore import changes
+
     g = globals_of(ctx)
     _confirm(f"Units will no longer receive DEK {dek_id} from their next start: data still encrypted "
              f"under it becomes unreadable to them (mariadb: key id {dek_id}).", yes)
@@ -240,6 +259,8 @@ def purge(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Destroy a retired DEK version for good. Data still encrypted under it is lost."""
+    from unlocker.keystore import changes
+
     g = globals_of(ctx)
     _confirm(f"DEK {dek_id} will be destroyed: anything still encrypted under it can never be decrypted "
              "again, from this keystore or its backup.", yes)
@@ -277,6 +298,8 @@ def _notify_broker(store_key: bytearray | None = None) -> str:
 
 
 def _record(what: str, before: Keystore, after: Keystore) -> None:
+    from unlocker.service import audit  # systemd's journal bindings
+
     audit.rotated(what, before.generation, after.generation, by=_who())
 
 

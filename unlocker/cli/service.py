@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from unlocker import config
+from unlocker.cli import reports
 from unlocker.cli.common import (
     ConnectTimeout,
     NetworkTimeout,
@@ -20,12 +19,10 @@ from unlocker.cli.common import (
     Tpm2Device,
     app,
     globals_of,
-    slot_info,
     timeouts,
     tpm_device,
 )
-from unlocker.errors import TpmError, UnlockerError
-from unlocker.keystore import storage
+from unlocker.errors import UnlockerError
 from unlocker.run import run
 from unlocker.service import control
 
@@ -38,73 +35,7 @@ def status(
     tpm2_device: Tpm2Device = None,
 ) -> None:
     """Show the keystore (generation, slots, DEK versions), the TPM and the running broker."""
-    g = globals_of(ctx)
-    keystore = storage.read(g.keystore)
-    info: dict[str, Any] = {
-        "keystore": {
-            "path": str(g.keystore),
-            "id": keystore.id.hex(),
-            "generation": keystore.generation,
-            "backup": storage.backup_path(g.keystore).exists(),
-            "slots": slot_info(keystore),
-            "deks": [
-                {"id": d.id, "state": d.state, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(d.created))}
-                for d in keystore.deks
-            ],
-        }
-    }
-    tcti = tpm_device(g, tpm2_device)
-    if tcti is not None:
-        from unlocker.tpm import esapi
-
-        try:
-            t = esapi.probe(tcti)
-            info["tpm2"] = {"device": tcti, "manufacturer": t.manufacturer, "lockout_counter": t.lockout_counter,
-                            "max_tries": t.max_tries, "recovery_time_s": t.recovery_time, "in_lockout": t.in_lockout}
-        except TpmError as e:
-            info["tpm2"] = {"device": tcti, "error": str(e)}
-    try:
-        info["broker"] = control.request("status", timeout=5)
-        info["broker"].pop("ok", None)
-    except UnlockerError as e:
-        info["broker"] = {"state": "not running", "error": str(e)}
-    if as_json:
-        print(json.dumps(info, indent=2))
-        return
-    ks = info["keystore"]
-    print(f"keystore  {ks['path']} (id {ks['id']}, generation {ks['generation']})")
-    print(f"backup    {'present' if ks['backup'] else 'none'}")
-    print(f"slots     {', '.join(f'{s.index}:{s.type}' for s in keystore.slots)}")
-    print(f"deks      {', '.join(f'{d.id}:{d.state}' for d in keystore.deks)}")
-    if "tpm2" in info:
-        t = info["tpm2"]
-        print(f"tpm2      {t['device']}: " + (t["error"] if "error" in t else
-              f"{t['manufacturer']}, lockout counter {t['lockout_counter']} of {t['max_tries']}"
-              + (" (IN LOCKOUT)" if t["in_lockout"] else "")))
-    broker = info["broker"]
-    print(f"broker    {broker.get('state')}" + (f" since {_when(broker.get('since'))}" if broker.get("since") else "")
-          + (f" by {broker['unlocked_by']}" if broker.get("unlocked_by") else ""))
-    if broker.get("memory"):
-        print(f"memory    {MEMORY_NOTES.get(broker['memory'], broker['memory'])}")
-    for line in broker.get("grants", []):
-        print(f"grant     {line}")
-    for what in ("deliveries", "denials"):
-        counts = broker.get(what) or {}
-        if counts:
-            print(f"{what:<9} " + ", ".join(f"{unit}: {n}" for unit, n in sorted(counts.items())))
-
-
-# Which protection the broker's keys have, and what to do when it is not the best one.
-MEMORY_NOTES = {
-    "memfd_secret": "memfd_secret: keys outside the kernel's direct map, never swapped or dumped",
-    "mlock": "mlock: keys locked in RAM and left out of core dumps; memfd_secret is off "
-             "(before Linux 6.5 add secretmem.enable=1 to the kernel command line)",
-    "unlocked": "not locked in RAM (RLIMIT_MEMLOCK too low: raise LimitMEMLOCK=); left out of core dumps",
-}
-
-
-def _when(stamp: object) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(stamp)))  # type: ignore[arg-type]
+    reports.status(globals_of(ctx), as_json, tpm2_device)
 
 
 @app.command()

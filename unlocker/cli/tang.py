@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from unlocker.clevis import pins
 from unlocker.cli.common import (
     ConnectTimeout,
     NetworkTimeout,
@@ -22,10 +21,12 @@ from unlocker.cli.common import (
 )
 from unlocker.cli.common import Tpm2Device as Tpm2DeviceOption
 from unlocker.errors import InvalidInput
-from unlocker.keystore import changes, storage
+from unlocker.keystore import storage
 from unlocker.keystore.fileformat import parse_argon2, parse_pcrs
-from unlocker.keystore.slots import EnrollOptions, Secrets, slot_type
 from unlocker.memory import wipe
+
+# The clevis stack (JOSE, EC, HTTP) and the keystore's crypto are imported inside the commands, so that
+# --help and the other commands do not pay for them.
 
 
 @app.command("tang-report")
@@ -37,6 +38,9 @@ def tang_report(
 ) -> None:
     """For each clevis slot's Tang servers: is the key it was bound to still advertised? A "rotated" slot
     still opens while the server keeps the hidden key; rebind it before the key is deleted."""
+    from unlocker.clevis import pins
+    from unlocker.keystore.slots import slot_type
+
     network = timeouts(network_timeout, connect_timeout)
     keystore = storage.read(globals_of(ctx).keystore)
     rows = [{"slot": s.index, "type": s.type, "servers": pins.report(s.param("jwe"), network)}
@@ -63,6 +67,10 @@ def rebind(
     """Re-bind a clevis slot after its Tang servers rotated their keys. The slot opens itself (through the
     servers, which still hold the old keys), then is replaced in one atomic write by a slot bound to the
     current keys, each new advertisement trusted because the old signing key signed it."""
+    from unlocker.clevis import pins
+    from unlocker.keystore import changes
+    from unlocker.keystore.slots import EnrollOptions, Secrets, slot_type
+
     g = globals_of(ctx)
     network = timeouts(network_timeout, connect_timeout)
     keystore = storage.read(g.keystore)

@@ -33,8 +33,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from unlocker.keystore.kdf import Argon2Params
-
 MAGIC = "unlocker-keystore"
 VERSION = "v1"
 MAX_FILE_BYTES = 1024 * 1024
@@ -49,6 +47,32 @@ DEK_STATES = ("primary", "active", "retired")
 # A creation time up to the last second of year 9999: what a date can show (time.gmtime, strftime %Y).
 MAX_CREATED = 253402300799
 TPM_BANKS = ("sha256",)
+
+# Bounds enforced before anything is allocated: a keystore edited to ask for 1 TiB of memory or a
+# billion passes must be refused, not obeyed.
+MIN_MEMORY_KIB = 8 * 1024
+MAX_MEMORY_KIB = 4 * 1024 * 1024
+MIN_ITERATIONS = 1
+MAX_ITERATIONS = 1000
+LANES = 4
+MAX_LANES = 16
+
+
+@dataclass(frozen=True)
+class Argon2Params:
+    memory_kib: int
+    iterations: int
+    lanes: int = LANES
+
+    def check(self) -> None:
+        """Raise ValueError when a parameter is out of the accepted range."""
+        if not MIN_MEMORY_KIB <= self.memory_kib <= MAX_MEMORY_KIB:
+            raise ValueError(f"argon2id memory {self.memory_kib} KiB outside {MIN_MEMORY_KIB}..{MAX_MEMORY_KIB}")
+        if not MIN_ITERATIONS <= self.iterations <= MAX_ITERATIONS:
+            raise ValueError(f"argon2id iterations {self.iterations} outside {MIN_ITERATIONS}..{MAX_ITERATIONS}")
+        if not 1 <= self.lanes <= MAX_LANES:
+            raise ValueError(f"argon2id lanes {self.lanes} outside 1..{MAX_LANES}")
+
 
 _INT = re.compile(r"0|[1-9][0-9]{0,17}")
 _HEX_ID = re.compile(r"[0-9a-f]{32}")

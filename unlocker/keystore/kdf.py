@@ -8,24 +8,22 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from unlocker.errors import InvalidInput, KdfCostRefused
+from unlocker.keystore.fileformat import (  # the format's, so that reading a keystore needs no crypto
+    MAX_ITERATIONS,
+    MAX_MEMORY_KIB,
+    MIN_ITERATIONS,
+    MIN_MEMORY_KIB,
+    Argon2Params,
+)
 
 log = logging.getLogger("unlocker")
 
-# Bounds enforced before anything is allocated: a keystore edited to ask for 1 TiB of memory or a
-# billion passes must be refused, not obeyed.
-MIN_MEMORY_KIB = 8 * 1024
-MAX_MEMORY_KIB = 4 * 1024 * 1024
-MIN_ITERATIONS = 1
-MAX_ITERATIONS = 1000
-LANES = 4
-MAX_LANES = 16
 SALT_BYTES = 16
 # Checked before deriving, on top of the format's bounds: memory x passes at most 64 GiB (about 45 s on
 # a 2-core 2026 server; 4 GiB x 1000 passes, inside the format's bounds, ran for about an hour), and
@@ -36,22 +34,6 @@ MAX_KDF_TIME_MS = 60_000
 # warns. RFC 9106 recommends more (64 MiB, 3 passes, when memory is constrained).
 OWASP_MIN_MEMORY_KIB = 19 * 1024
 OWASP_MIN_WORK_KIB = 2 * 19 * 1024
-
-
-@dataclass(frozen=True)
-class Argon2Params:
-    memory_kib: int
-    iterations: int
-    lanes: int = LANES
-
-    def check(self) -> None:
-        """Raise ValueError when a parameter is out of the accepted range."""
-        if not MIN_MEMORY_KIB <= self.memory_kib <= MAX_MEMORY_KIB:
-            raise ValueError(f"argon2id memory {self.memory_kib} KiB outside {MIN_MEMORY_KIB}..{MAX_MEMORY_KIB}")
-        if not MIN_ITERATIONS <= self.iterations <= MAX_ITERATIONS:
-            raise ValueError(f"argon2id iterations {self.iterations} outside {MIN_ITERATIONS}..{MAX_ITERATIONS}")
-        if not 1 <= self.lanes <= MAX_LANES:
-            raise ValueError(f"argon2id lanes {self.lanes} outside 1..{MAX_LANES}")
 
 
 def ram_kib() -> int:

@@ -18,8 +18,12 @@ from pathlib import Path
 
 from unlocker.errors import KeystoreBusy, KeystoreDamaged, UnlockerError
 from unlocker.keystore.fileformat import MAX_FILE_BYTES, FormatError, Keystore, parse
-from unlocker.keystore.slots import Secrets
-from unlocker.keystore.unlock import Unlocked, open_keystore
+
+# typing.TYPE_CHECKING without importing typing: `unlocker status` imports this module (cli/reports.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from unlocker.keystore.slots import Secrets
+    from unlocker.keystore.unlock import Unlocked
 
 # Tests set this to kill the process at a named step of a write; production code never does.
 fault_hook: Callable[[str], None] = lambda step: None  # noqa: E731
@@ -131,6 +135,9 @@ def damaged(path: Path, detail: str) -> KeystoreDamaged:
 def open_from(path: Path, keystore: Keystore, secrets: Secrets, only_slot: int | None = None) -> Unlocked:
     """open_keystore on a keystore read from `path`; a header that fails its MAC is reported as damage to
     that file."""
+    # Here, not at the top: reading the file (status, slots) needs none of the crypto, TPM or clevis stacks.
+    from unlocker.keystore.unlock import open_keystore
+
     try:
         return open_keystore(keystore, secrets, only_slot=only_slot)
     except FormatError as e:

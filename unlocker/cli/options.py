@@ -1,0 +1,29 @@
+"""The global options as typed values, and the defaults every command resolves the same way. No typer:
+the typer app (common.py) and the plain path for scripted reports (reports.py) both build these."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from unlocker import config
+
+
+@dataclass(frozen=True)
+class Globals:
+    keystore: Path
+    config: config.Config
+
+
+def global_options(keystore: Path, debug: bool) -> Globals:
+    """What `unlocker [--keystore PATH] [--debug]` sets up before any command runs."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
+    return Globals(keystore=keystore, config=config.load())
+
+
+def tpm_device(g: Globals, option: str | None) -> str | None:
+    """The TPM to use: the option, the config file, or the kernel's resource manager when present."""
+    if option or g.config.tpm2_device:
+        return option or g.config.tpm2_device
+    return config.DEFAULT_TCTI if Path("/dev/tpmrm0").exists() else None
