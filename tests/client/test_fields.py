@@ -113,3 +113,51 @@ def test_a_malformed_key_id_in_the_keyring_is_a_keyring_error(tmp_path, key_id):
             Keyring.load(directory=tmp_path)
     with pytest.raises(KeyringError):
         Keyring({key_id: os.urandom(32)}, key_id)  # type: ignore[dict-item]
+
+
+# Tokens written by the code before decrypt was reworked (fixed keys and nonces): the format may not move.
+VECTOR_KEYS = {1: bytes(range(32)), 7: bytes(range(32, 64))}
+VECTOR_AAD = field_aad("notes", "body", 12345)
+VECTOR_TEXT = ("uk1:7:ZGVmZ2hpamtsbW5v1E2/4++clrSoMf++43LyCfaiixEE6holqjNOEBksDzAaHADe/mlHvttyd7x+fg==",
+               b"a 100-byte field? no: this one")
+VECTOR_BINARY = (bytes.fromhex("000000076465666768696a6b6c6d6e6f4b60f80765a6cdc80bbfe0a284634739"), b"")
+
+
+def test_token_vectors_decrypt_and_are_written_byte_for_byte(monkeypatch):
+    from unlocker.client import fields
+
+    ring = Keyring(VECTOR_KEYS, 7)
+    assert ring.decrypt(VECTOR_TEXT[0], VECTOR_AAD) == VECTOR_TEXT[1]
+    assert ring.decrypt_bytes(VECTOR_BINARY[0], VECTOR_AAD) == VECTOR_BINARY[1]
+    monkeypatch.setattr(fields.os, "urandom", lambda n: bytes(range(100, 100 + n)))
+    assert ring.encrypt(VECTOR_TEXT[1], VECTOR_AAD) == VECTOR_TEXT[0]
+    assert ring.encrypt_bytes(VECTOR_BINARY[1], VECTOR_AAD) == VECTOR_BINARY[0]
+
+
+@pytest.mark.parametrize(("token", "message"), [
+    ("uk1:7:" + base64.b64encode(bytes(27)).decode(), "too short"),
+    ("uk1:3:" + base64.b64encode(bytes(27)).decode(), "too short"),
+    ("uk1:3:" + base64.b64encode(bytes(28)).decode(), "key 3 is not in this keyring"),
+    ("uk1:3:!!", "malformed token"),
+    ("uk1:03:" + base64.b64encode(bytes(28)).decode(), "not an unlocker field token"),
+])
+def test_errors_name_the_first_fault_whether_or_not_the_key_is_known(token, message):
+    with pytest.raises(KeyringError, match=message):
+        Keyring(VECTOR_KEYS, 7).decrypt(token, VECTOR_AAD)
+
+
+@pytest.mark.parametrize("plaintext", [b"x" * 99, b"x" * 100])  # one and two '=' of padding
+def test_only_the_canonical_encoding_of_a_body_decrypts(plaintext):
+    ring = Keyring(VECTOR_KEYS, 7)
+    head, body = ring.encrypt(plaintext, VECTOR_AAD).rsplit(":", 1)
+    last = len(body.rstrip("=")) - 1
+    for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/":
+        variant = body[:last] + c + body[last + 1 :]
+        if base64.b64encode(base64.b64decode(variant)).decode() != variant:
+            with pytest.raises(KeyringError, match="non-canonical"):
+                ring.decrypt(f"{head}:{variant}", VECTOR_AAD)
+        elif variant == body:
+            assert ring.decrypt(f"{head}:{variant}", VECTOR_AAD) == plaintext
+        else:
+            with pytest.raises(KeyringError, match="does not decrypt here"):
+                ring.decrypt(f"{head}:{variant}", VECTOR_AAD)
