@@ -67,12 +67,14 @@ def main() -> None:
                 "tang": pins.encrypt("tang", servers[0].config(), SECRET),
                 "sss 2 of 3": pins.encrypt("sss", {"t": 2, "pins": {"tang": [s.config() for s in servers]}}, SECRET),
             }
-            results = {}
+            results: dict[str, dict] = {}
             for name, jwe in jwes.items():
                 # Interleaved per run would be fairer against drift; sequential keeps the output simple and
                 # both see the same servers in the same state.
-                results[name] = {"unlocker in-process": _time(lambda j=jwe: _native(j), args.runs),
-                                 "clevis decrypt": _time(lambda j=jwe: _clevis_decrypt(j), args.runs)}
+                native = _time(lambda j=jwe: _native(j), args.runs)
+                clevis = _time(lambda j=jwe: _clevis_decrypt(j), args.runs)
+                results[name] = {"unlocker in-process": native, "clevis decrypt": clevis,
+                                 "ratio": round(native["median_ms"] / clevis["median_ms"], 3)}
         finally:
             for server in servers:
                 server.stop()
@@ -80,9 +82,11 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     for name, row in results.items():
-        for tool, r in row.items():
+        for tool in ("unlocker in-process", "clevis decrypt"):
+            r = row[tool]
             print(f"{name:<11} {tool:<20} median {r['median_ms']:>8.2f} ms   p90 {r['p90_ms']:>8.2f} ms"
                   f"   ({r['runs']} runs)")
+        print(f"{name:<11} {'ratio (unlocker / clevis)':<27} {row['ratio']:>8.3f}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """TPM benchmarks on swtpm, in one run: seal and unseal of a share, and a whole tpm2+passphrase unlock split
 into Argon2id, TPM and the rest, beside `systemd-creds decrypt` of a TPM-bound credential on the same swtpm.
 
-    .venv/bin/python bench/tpm.py
+    .venv/bin/python bench/tpm.py [--runs N] [--json]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -29,7 +31,7 @@ RUNS = 15
 PASS = b"bench passphrase"
 
 
-def median_ms(fn, runs: int = RUNS) -> float:
+def median_ms(fn, runs: int) -> float:
     samples = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -39,23 +41,48 @@ def median_ms(fn, runs: int = RUNS) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=RUNS)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         swtpm = Swtpm(Path(d) / "state")
         swtpm.start()
         try:
-            run(swtpm, Path(d))
+            r = run(swtpm, Path(d), args.runs)
         finally:
             swtpm.kill()
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return
+    runs = r["runs"]
+    print(f"swtpm on loopback, median of {runs}")
+    print(f"{'operation':<58} {'ms':>8}")
+    print(f"{'esapi.seal (primary + policy + create, all flushed)':<58} {r['seal_ms']:>8.1f}")
+    print(f"{'esapi.unseal (primary + load + policy session + unseal)':<58} {r['unseal_ms']:>8.1f}")
+    print()
+    print(f"tpm2+passphrase unlock, Argon2id m={r['memory_kib']} KiB t={r['iterations']}")
+    print(f"{'  Argon2id (64 bytes: K1 || K2)':<58} {r['kdf_ms']:>8.1f}")
+    print(f"{'  TPM unseal with K2':<58} {r['tpm_ms']:>8.1f}")
+    print(f"{'  the rest (HKDF, AES-GCM unwrap, header MAC)':<58} {r['rest_ms']:>8.1f}")
+    print(f"{'  whole unlock':<58} {r['unlock_ms']:>8.1f}")
+    print()
+    print(f"{'baseline: systemd-creds decrypt, --with-key=tpm2 (a process)':<58} {r['systemd_creds_ms']:>8.1f}")
+    print(f"{'unseal vs systemd-creds decrypt (ratio)':<58} {r['unseal_vs_systemd_creds']:>8.2f}")
+    if r["systemd_creds_back_to_back_failures"]:
+        print(f"  ({r['systemd_creds_back_to_back_failures']} of {runs} back-to-back systemd-creds runs failed on "
+              f"raw swtpm: {r['systemd_creds_failure']};")
+        print(f"   unlocker's unseal ran {runs * 3} times back to back on the same swtpm without one failure)")
 
 
-def run(swtpm: Swtpm, work: Path) -> None:
+def run(swtpm: Swtpm, work: Path, runs: int) -> dict[str, object]:
     tcti = swtpm.tcti
     share = os.urandom(32)
     auth = os.urandom(32)
     sealed = esapi.seal(tcti, share, auth, (7,))
     out = bytearray(32)
-    seal_ms = median_ms(lambda: esapi.seal(tcti, share, auth, (7,)))
-    unseal_ms = median_ms(lambda: esapi.unseal(tcti, sealed, auth, out))
+    seal_ms = median_ms(lambda: esapi.seal(tcti, share, auth, (7,)), runs)
+    unseal_ms = median_ms(lambda: esapi.unseal(tcti, sealed, auth, out), runs)
 
     options = EnrollOptions(argon2=kdf.Argon2Params(64 * 1024, 3))
     opened = changes.create("tpm2+passphrase", Secrets(bytearray(PASS), tcti), options)
@@ -65,9 +92,9 @@ def run(swtpm: Swtpm, work: Path) -> None:
     slot_sealed = esapi.Sealed(b64decode(slot.param("public")), b64decode(slot.param("private")),
                              parse_pcrs(slot.param("pcrs")), "sha256", True)
     stretched = kdf.argon2id(PASS, salt, params, 64)
-    kdf_ms = median_ms(lambda: kdf.argon2id(PASS, salt, params, 64))
-    tpm_ms = median_ms(lambda: esapi.unseal(tcti, slot_sealed, stretched[32:], out))
-    total_ms = median_ms(lambda: open_keystore(keystore, Secrets(bytearray(PASS), tcti)).close())
+    kdf_ms = median_ms(lambda: kdf.argon2id(PASS, salt, params, 64), runs)
+    tpm_ms = median_ms(lambda: esapi.unseal(tcti, slot_sealed, stretched[32:], out), runs)
+    total_ms = median_ms(lambda: open_keystore(keystore, Secrets(bytearray(PASS), tcti)).close(), runs)
 
     creds = [f"--tpm2-device=swtpm:port={swtpm.port}"]
     cred_file = work / "share.cred"
@@ -79,32 +106,22 @@ def run(swtpm: Swtpm, work: Path) -> None:
 
     # On a raw swtpm (no resource manager) systemd-creds leaves sessions loaded: count how many runs in a
     # row fail, then time it fairly with a freshly restarted swtpm before each run (outside the timing).
-    failures = [p for p in (creds_decrypt() for _ in range(RUNS)) if p.returncode != 0 or p.stdout != share]
+    failures = [p for p in (creds_decrypt() for _ in range(runs)) if p.returncode != 0 or p.stdout != share]
     samples = []
-    for _ in range(RUNS):
+    for _ in range(runs):
         swtpm.restart(orderly=True)  # a clean TPM2_Shutdown: an unclean one counts as a failed try
         start = time.perf_counter()
         p = creds_decrypt()
         samples.append(time.perf_counter() - start)
         assert p.returncode == 0 and p.stdout == share, p.stderr
     creds_ms = statistics.median(samples) * 1000
-
-    print(f"swtpm on loopback, median of {RUNS}")
-    print(f"{'operation':<58} {'ms':>8}")
-    print(f"{'esapi.seal (primary + policy + create, all flushed)':<58} {seal_ms:>8.1f}")
-    print(f"{'esapi.unseal (primary + load + policy session + unseal)':<58} {unseal_ms:>8.1f}")
-    print()
-    print(f"tpm2+passphrase unlock, Argon2id m={params.memory_kib} KiB t={params.iterations}")
-    print(f"{'  Argon2id (64 bytes: K1 || K2)':<58} {kdf_ms:>8.1f}")
-    print(f"{'  TPM unseal with K2':<58} {tpm_ms:>8.1f}")
-    print(f"{'  the rest (HKDF, AES-GCM unwrap, header MAC)':<58} {max(total_ms - kdf_ms - tpm_ms, 0):>8.1f}")
-    print(f"{'  whole unlock':<58} {total_ms:>8.1f}")
-    print()
-    print(f"{'baseline: systemd-creds decrypt, --with-key=tpm2 (a process)':<58} {creds_ms:>8.1f}")
-    if failures:
-        reason = failures[0].stderr.decode().strip().splitlines()[-1]
-        print(f"  ({len(failures)} of {RUNS} back-to-back systemd-creds runs failed on raw swtpm: {reason};")
-        print(f"   unlocker's unseal ran {RUNS * 3} times back to back on the same swtpm without one failure)")
+    return {"runs": runs, "seal_ms": round(seal_ms, 2), "unseal_ms": round(unseal_ms, 2),
+            "memory_kib": params.memory_kib, "iterations": params.iterations, "kdf_ms": round(kdf_ms, 2),
+            "tpm_ms": round(tpm_ms, 2), "rest_ms": round(max(total_ms - kdf_ms - tpm_ms, 0), 2),
+            "unlock_ms": round(total_ms, 2), "systemd_creds_ms": round(creds_ms, 2),
+            "unseal_vs_systemd_creds": round(unseal_ms / creds_ms, 3),
+            "systemd_creds_back_to_back_failures": len(failures),
+            "systemd_creds_failure": failures[0].stderr.decode().strip().splitlines()[-1] if failures else None}
 
 
 if __name__ == "__main__":
