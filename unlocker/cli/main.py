@@ -45,9 +45,10 @@ def main() -> None:
 
 
 def handles_secrets(argv: list[str]) -> bool:
-    """Whether the command argv names may handle a secret: anything but --help, a bare `unlocker` and
-    the NO_SECRET commands. The command is the first word that is neither an option nor --keystore's
-    value (the only global option that takes one)."""
+    """Whether the command argv names may handle a secret: anything but `unlocker [--help]` and the
+    NO_SECRET commands. The command is the first word that is neither an option nor --keystore's value
+    (the only global option that takes one). `init --help` re-executes too: after the command, "--help"
+    may be an option's value (a file to read a passphrase from)."""
     words = iter(argv)
     for word in words:
         if word == "--help":
@@ -55,7 +56,7 @@ def handles_secrets(argv: list[str]) -> bool:
         if word == "--keystore":
             next(words, None)
         elif not word.startswith("-"):
-            return word not in NO_SECRET and "--help" not in argv
+            return word not in NO_SECRET
     return False
 
 
