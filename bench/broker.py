@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,6 +118,24 @@ def ask_the_broker():
 
 stages["a whole delivery, connect to EOF (the real broker)"] = ask_the_broker
 out = {}
+if os.path.exists("/run/bench-ab.ready"):
+    # This tree's broker and the old one, alternating, same process, same keyring.
+    ab = {"new": [], "old": []}
+    for i in range(n // 2):
+        for name in ("new", "old") if i % 2 else ("old", "new"):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(f"\0{os.urandom(8).hex()}/unit/{unit}/dek")
+            t = time.perf_counter_ns()
+            s.connect(f"/run/bench-{name}.sock")
+            s.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := s.recv(4096):
+                got += chunk
+            ab[name].append(time.perf_counter_ns() - t)
+            s.close()
+            assert len(got) == 32, (name, len(got))
+    for name, times in ab.items():
+        out[f"whole delivery, {name} broker (A/B, alternating)"] = statistics.median(times) / 1000
 for name, stage in stages.items():
     times = []
     for _ in range(n if "whole" not in name else n // 4):
@@ -124,6 +144,29 @@ for name, stage in stages.items():
         times.append(time.perf_counter_ns() - t)
     out[name] = statistics.median(times) / 1000
 print(json.dumps(out))
+"""
+
+# Runs in a unit of the container: the broker of this tree and the one of commit argv[1] (its broker.py,
+# copied in as old_broker.py), each on its own socket, same keyring and grant list; for a side-by-side
+# comparison of a whole delivery in one run.
+AB_SERVER = r"""
+import asyncio, sys
+sys.path.insert(0, "/usr/local/lib/bench")
+import old_broker
+from unlocker.keystore import changes
+from unlocker.keystore.kdf import Argon2Params
+from unlocker.keystore.slots import EnrollOptions, Secrets
+from unlocker.service import broker as new_broker
+from unlocker.service.keyring import Keyring
+keyring = Keyring()
+keyring.load(changes.create("passphrase", Secrets(bytearray(b"bench")), EnrollOptions(argon2=Argon2Params(8192, 1))))
+async def main():
+    for name, module in (("new", new_broker), ("old", old_broker)):
+        b = module.Broker(keyring)
+        await module.listen(__import__("pathlib").Path(f"/run/bench-{name}.sock"), b.handle_credential)
+    open("/run/bench-ab.ready", "w").close()
+    await asyncio.sleep(3600)
+asyncio.run(main())
 """
 
 # Runs in the container's venv: VmRSS of a fresh interpreter after each group of imports, cumulative.
@@ -150,6 +193,13 @@ SERVING = [
      ["unlocker.memory", "unlocker.client.formats", "unlocker.service.peer", "unlocker.service.audit"]],
     ["unlocker.service.grants (keystore.storage)", ["unlocker.service.grants"]],
 ]
+# The least a credential server could import: no asyncio (selectors), no cryptography (unlocker.client's
+# package imports field encryption, which needs it), no keystore.
+LEAN = [
+    ["stdlib without asyncio (selectors, json, socket, select)", ["selectors", "json", "socket", "select", "struct"]],
+    ["systemd.journal", ["systemd.journal"]],
+    ["unlocker.memory, unlocker.service.peer", ["unlocker.memory", "unlocker.service.peer"]],
+]
 UNLOCKING = [
     ["unlocker.service.broker (keyring -> keystore.unlock, fileformat)", ["unlocker.service.broker"]],
     ["cryptography (AESGCM, HKDF, Argon2id)", ["cryptography.hazmat.primitives.ciphers.aead",
@@ -158,7 +208,8 @@ UNLOCKING = [
     ["keystore slots (clevis: pycryptodome)", ["unlocker.keystore.slots.clevis"]],
     ["tpm2_pytss (cffi) via unlocker.tpm.esapi", ["unlocker.tpm.esapi"]],
     ["unlocker.service.serve (the rest)", ["unlocker.service.serve"]],
-    ["unlocker.cli.main (typer, rich)", ["unlocker.cli.main"]],
+    ["typer (rich, pydantic)", ["typer"]],
+    ["unlocker.cli.main", ["unlocker.cli.main"]],
 ]
 
 
@@ -225,7 +276,7 @@ for line in open(f"/proc/{sys.argv[1]}/smaps"):
         name = m.group(1).split(".")[0] if m else path.rsplit("/", 1)[-1].split(".so")[0]
     elif fields[0] == "Rss:":
         groups[name] += int(fields[1])
-print(json.dumps([[k, v] for k, v in groups.most_common() if v >= 256]))
+print(json.dumps([[k, v] for k, v in groups.most_common() if v >= 64]))
 """
 
 
@@ -239,13 +290,24 @@ def footprint(c: Container) -> dict[str, object]:
     serving = json.loads(c.run([python, "-c", IMPORTS, json.dumps(SERVING)]).stdout)
     everything = json.loads(c.run([python, "-c", IMPORTS, json.dumps(SERVING + UNLOCKING)]).stdout)
     by_mapping = json.loads(c.run(["python3", "-c", SMAPS, pid]).stdout)
+    lean = json.loads(c.run([python, "-c", IMPORTS, json.dumps(LEAN)]).stdout)
     return {"broker_kib": kib, "broker_mib": kib["VmRSS"] / 1024, "broker_by_mapping_kib": by_mapping,
-            "serving_only_mib": serving[-1][1], "imports_mib": everything}
+            "serving_only_mib": serving[-1][1], "lean_serving_mib": lean[-1][1], "lean_imports_mib": lean,
+            "imports_mib": everything}
 
 
-def profile(c: Container, n: int = 2000) -> dict[str, float]:
+def profile(c: Container, old: str | None, n: int = 2000) -> dict[str, float]:
     unit = "broker-profile.service"
     c.run(["unlocker", "grant", unit, "--no-reload"])
+    if old is not None:
+        c.write("/usr/local/lib/bench/old_broker.py", subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{old}:unlocker/service/broker.py"], capture_output=True,
+            check=True).stdout)
+        c.run(["systemd-run", "--unit=bench-ab.service", "/opt/unlocker/bin/python", "-c", AB_SERVER])
+        deadline = time.monotonic() + 30
+        while c.run(["test", "-e", "/run/bench-ab.ready"], check=False).returncode != 0:
+            assert time.monotonic() < deadline, c.run(["journalctl", "-u", "bench-ab.service"]).stdout.decode()
+            time.sleep(0.1)
     p = c.run(["systemd-run", f"--unit={unit}", "--wait", "--pipe", "--quiet", "/opt/unlocker/bin/python", "-c",
                PROFILE, unit, str(n)], timeout=300)
     stages: dict[str, float] = json.loads(p.stdout)
@@ -257,6 +319,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the figures and ratios as JSON")
     parser.add_argument("--runs", type=int, default=40, help="starts of each unit (interleaved)")
     parser.add_argument("--rounds", type=int, default=3, help="bursts of each kind (interleaved)")
+    parser.add_argument("--against", metavar="COMMIT", help="also time whole deliveries from the broker.py of "
+                        "COMMIT, alternating with this tree's, in one process")
     args = parser.parse_args()
 
     layer = Layer()
@@ -269,7 +333,7 @@ def main() -> None:
             times = json.loads(c.run(["python3", "-c", TIMER, ",".join(units["start"]), str(args.runs)],
                                      timeout=1200).stdout)
             burst = bursts(c, units["burst"], args.rounds)
-            stages = profile(c)
+            stages = profile(c, args.against)
             memory = footprint(c)
     finally:
         layer.remove()
@@ -297,19 +361,20 @@ def main() -> None:
     print(f"\n{BURST} units started at once, median of {args.rounds} interleaved rounds, a client holding a "
           "connection to the credentials socket unread; each unit cmp's its 32 bytes")
     for t, b in burst.items():
-        print(f"{t:<44} {b['median_s']:>8.2f} s {result['burst_ratio_vs_file'][t]:>6.2f} x file"  # type: ignore[index]
+        print(f"{t:<44} {b['median_s']:>8.2f} s {result['burst_ratio_vs_file'][t]:>6.2f} x file"
               f"   failed: {len(b['failed']) or 'none'}")  # type: ignore[arg-type]
     print("\nThe broker's part of one delivery, by stage (median, µs)")
     for name, us in stages.items():
         print(f"{name:<44} {us:>8.1f}")
     print(f"\nbroker resident memory after unlock: {memory['broker_mib']:.1f} MiB  {memory['broker_kib']}")
-    print("its Rss by mapping (KiB, >= 256):", ", ".join(f"{k} {v}" for k, v in memory["broker_by_mapping_kib"]))  # type: ignore[attr-defined]
+    print("its Rss by mapping (KiB, >= 64):", ", ".join(f"{k} {v}" for k, v in memory["broker_by_mapping_kib"]))  # type: ignore[attr-defined]
     print("a fresh interpreter, cumulative VmRSS after each group of imports (MiB):")
     previous = 0.0
     for label, mib in memory["imports_mib"]:  # type: ignore[attr-defined]
         print(f"  {label:<66} {mib:>6.1f} {mib - previous:>+6.1f}")
         previous = mib
-    print(f"serving only (the first {len(SERVING)} groups): {memory['serving_only_mib']:.1f} MiB")
+    print(f"serving only (the first {len(SERVING)} groups): {memory['serving_only_mib']:.1f} MiB; the least a "
+          f"server could import ({', '.join(str(label) for label, _ in LEAN)}): {memory['lean_serving_mib']:.1f} MiB")
 
 
 if __name__ == "__main__":
