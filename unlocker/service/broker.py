@@ -160,8 +160,8 @@ async def _send_rest(sock: socket.socket, data: bytes, sent: int) -> None:
 
 
 def _end(sock: socket.socket) -> None:
-    """EOF for systemd now, while this descriptor and the transport's are still open: the unit waits for it,
-    and neither the audit record nor the transport's close (a later turn of the event loop) should delay it."""
+    """EOF for systemd now, whatever descriptors of the connection are still open: the unit waits for it,
+    and neither the audit record nor a close in a later turn of the event loop should delay it."""
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
 
@@ -285,10 +285,11 @@ class Broker:
 
     def _deny(self, sock: socket.socket, peer: Peer | None, request: Request | None,
               reason: str) -> Awaitable[None] | None:
+        rest = _refuse(sock)  # the first bytes before the record, as for a delivery
         unit, credential = (request.unit, request.credential) if request else (None, None)
         self.stats.record(unit, credential, "deny", reason)
         audit.denied(unit, credential, reason, peer.pid if peer else None, peer.uid if peer else None)
-        return _refuse(sock)
+        return rest
 
     def status(self) -> dict[str, object]:
         return {
