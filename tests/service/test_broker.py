@@ -22,6 +22,7 @@ from conftest import FAST
 from unlocker.client.formats import Format
 from unlocker.keystore import changes
 from unlocker.keystore.slots import Secrets
+from unlocker.service import grants
 from unlocker.service.broker import (
     CONTROL_IDLE_S,
     MAX_CONTROL_CLIENTS,
@@ -203,3 +204,79 @@ def test_idle_control_clients_never_starve_deliveries(tmp_path):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         broker.kill()
         broker.wait()
+
+
+def test_the_grant_list_is_parsed_once_and_again_when_another_file_takes_its_place(broker, monkeypatch):
+    parses: Counter[str] = Counter()
+    real_load = grants.load
+
+    def counting_load(path):
+        parses["n"] += 1
+        return real_load(path)
+
+    monkeypatch.setattr("unlocker.service.grants.load", counting_load)
+    broker.grants_file.write_text("granted.service dek hex\n")
+    for _ in range(5):
+        assert broker.decide(REQUEST)[0] is not None
+    assert parses["n"] == 1
+    # Same size, same mtime, another inode (what `unlocker grant` does: a new file renamed into place).
+    stat = broker.grants_file.stat()
+    other = broker.grants_file.with_name("grants.new")
+    other.write_text("granted.service dek raw\n")
+    os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    other.rename(broker.grants_file)
+    assert broker.decide(REQUEST)[0].format == Format.raw
+    assert parses["n"] == 2
+
+
+def _connect_pair(request: Request) -> tuple[socket.socket, socket.socket]:
+    """A connected pair whose client is bound to systemd's address for request, like its helper."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(f"\0{os.urandom(8).hex()}/listener")
+        listener.listen(1)
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.bind(f"\0{os.urandom(8).hex()}/unit/{request.unit}/{request.credential}")
+        client.connect(listener.getsockname())
+        server, _ = listener.accept()
+    server.setblocking(False)
+    return client, server
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    data = b""
+    while chunk := sock.recv(1 << 20):
+        data += chunk
+    return data
+
+
+def test_a_delivery_is_sent_and_ended_at_once_without_the_event_loop(broker, monkeypatch):
+    monkeypatch.setattr("unlocker.service.broker.verify", lambda sock, peer, request: None)
+    broker.grants_file.write_text("granted.service dek raw\n")
+    client, server = _connect_pair(REQUEST)
+    with client, server:
+        assert broker.answer(server) is None  # no task: the key went out in one send, then EOF
+        assert len(_read_all(client)) == 32
+
+
+def test_an_unexpected_error_in_a_request_is_a_refusal_never_a_bare_close(broker, monkeypatch, tmp_path):
+    from unlocker.service.broker import DENIAL_BYTES, listen
+
+    def broken(sock, peer, request):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("unlocker.service.broker.verify", broken)
+    broker.grants_file.write_text("granted.service dek raw\n")
+
+    async def ask() -> bytes:
+        server = await listen(tmp_path / "credentials.sock", broker.handle_credential)
+        try:
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.bind(f"\0{os.urandom(8).hex()}/unit/granted.service/dek")
+            client.connect(str(tmp_path / "credentials.sock"))
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, functools.partial(_read_all, client))
+        finally:
+            server.close()
+
+    assert len(asyncio.run(ask())) == DENIAL_BYTES

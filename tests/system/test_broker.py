@@ -298,3 +298,30 @@ def test_the_admin_guides_listing_names_root_services_that_could_join(machine):
         machine.systemctl("stop", "loose.service", "tight.service", "nobodys.service")
     assert "Id=loose.service" in listed
     assert not {"Id=tight.service", "Id=nobodys.service", "Id=unlocker.service"} & set(listed)
+
+
+def test_a_broker_killed_while_requests_wait_fails_them_at_credentials(container):
+    """SIGKILL (the OOM killer, a crash) with a granted unit's request waiting: the broker accepts and answers
+    in one callback of its loop, so a frozen broker has its requests still queued, never accepted; killed,
+    the kernel resets them and the unit fails at CREDENTIALS instead of starting on an empty credential
+    (tests/system/test_platform_facts.py has the same fact for any server)."""
+    c = container
+    setup(c, [("waiting.service", "dek", "hex")])
+    start_broker(c)
+    pid = c.show("unlocker.service", "MainPID")["MainPID"]
+    c.run(["kill", "-STOP", pid])
+    try:
+        c.systemctl("start", "--no-block", "waiting.service")
+        deadline = time.monotonic() + 10
+        while c.show("waiting.service", "ActiveState")["ActiveState"] != "activating":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.5)  # systemd's helper connects
+    finally:
+        c.run(["kill", "-KILL", pid])
+    deadline = time.monotonic() + 30
+    while c.show("waiting.service", "ActiveState")["ActiveState"] == "activating":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert c.run(["cat", "/var/log/waiting.service.out"], check=False).stdout == b""
+    assert failed_at_credentials(c, "waiting.service"), journal(c, "waiting.service")

@@ -434,3 +434,155 @@ def test_the_credential_peer_is_the_units_control_or_main_process(bare_container
     assert pre["shown"] == ["u", str(pre["ppid"]), "u", "0"]      # ExecStartPre=: a child of the control process
     assert main["shown"] == ["u", "0", "u", str(main["ppid"])]    # ExecStart=: a child of the main process
     print(f"asking systemd (busctl + systemctl) took {[round(r['seconds'] * 1000) for r in rows]} ms")
+
+
+# ---- what a dead or dying credential server does to the unit (issue 13: can the guard go?) ----
+
+# argv: socket path, log, mode. Owns its listening socket (no socket activation, so that its death closes
+# the listener). "seq:A,B,...": the n-th connection gets reply A, B, ... (as in SERVER; "close" for none).
+# "hold": accepts, logs, and never replies. "noaccept": never accepts. Logs, per connection, whether
+# systemd sent anything before its reply ("eof": it shut its side down and sends nothing).
+OWN_SERVER = r"""
+import json, os, socket, sys, time
+path, log, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(path)
+listener.listen(16)
+os.chmod(path, 0o666)
+with open(log, "a") as f:
+    f.write(json.dumps({"ready": os.getpid()}) + "\n")
+if mode == "noaccept":
+    time.sleep(3600)
+n = 0
+while True:
+    conn, _ = listener.accept()
+    conn.settimeout(2)
+    try:
+        sent = conn.recv(1) or b"eof"
+    except (TimeoutError, OSError) as e:
+        sent = repr(e).encode()
+    name = conn.getpeername()
+    name = name.decode("latin-1") if isinstance(name, bytes) else name
+    with open(log, "a") as f:
+        f.write(json.dumps({"name": name, "sent": sent.decode("latin-1")}) + "\n")
+    if mode == "hold":
+        time.sleep(3600)
+    replies = mode[4:].split(",")
+    reply = replies[min(n, len(replies) - 1)]
+    n += 1
+    if reply == "id":
+        conn.sendall(name.rsplit("/", 1)[-1].encode())
+    conn.close()
+"""
+
+
+@dataclass
+class OwnServer(Server):
+    unit: str
+
+
+def own_server(c: Container, mode: str) -> OwnServer:
+    tag = secrets.token_hex(4)
+    c.write_file("/usr/local/lib/facts-own-server.py", OWN_SERVER)
+    s = OwnServer(c, f"/run/facts-own-{tag}.sock", f"/run/facts-own-{tag}.log", f"facts-own-{tag}.service")
+    c.run(["systemd-run", f"--unit={s.unit}", "python3", "/usr/local/lib/facts-own-server.py", s.socket, s.log, mode])
+    _wait_for(lambda: any("ready" in row for row in s.connections()), "the server is listening")
+    return s
+
+
+def _wait_for(predicate, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not seen within {timeout} s: {what}"
+        time.sleep(0.02)
+
+
+def _start_no_block(c: Container, unit: str, socket: str, *properties: str) -> None:
+    """A oneshot that reports its credentials to /run/<unit>.out, started without waiting for it."""
+    argv = ["systemd-run", f"--unit={unit}", "--no-block", "--quiet", "--property=Type=oneshot",
+            f"--property=LoadCredential=dek:{socket}", f"--property=StandardOutput=file:/run/{unit}.out",
+            *[f"--property={p}" for p in properties], "sh", "-c", REPORT]
+    c.run(argv)
+
+
+def _result(c: Container, unit: str) -> tuple[str, str, str]:
+    _wait_until_finished(c, unit, timeout=30)
+    shown = c.show(unit, "Result", "ExecMainStatus")
+    out = c.run(["cat", f"/run/{unit}.out"], check=False).stdout.decode()
+    return shown["Result"], shown["ExecMainStatus"], out
+
+
+def test_systemd_sends_nothing_and_shuts_its_side_so_a_server_cannot_make_it_see_a_reset(bare_container):
+    """A stream socket closed with unread data makes its peer's read fail with ECONNRESET, which would fail
+    the unit instead of giving it an empty credential. But systemd shuts its side down at once and sends
+    nothing: the server's receive queue is always empty, so a server that dies after accept() gives EOF."""
+    c = bare_container
+    s = own_server(c, "seq:id")
+    assert consume(c, "facts-sent.service", s.socket).returncode == 0
+    (conn,) = [row for row in s.connections() if "name" in row]
+    assert conn["sent"] == "eof"
+
+
+def test_a_server_killed_after_accept_gives_an_empty_credential_and_the_unit_starts(bare_container):
+    """Killed mid-delivery (accepted, not yet answered): the fail-open trap, whatever the server meant to send."""
+    c = bare_container
+    s = own_server(c, "hold")
+    _start_no_block(c, "facts-killed.service", s.socket)
+    _wait_for(lambda: any("name" in row for row in s.connections()), "the connection")
+    c.systemctl("kill", "--signal=KILL", s.unit)
+    result, status, out = _result(c, "facts-killed.service")
+    assert (result, status) == ("success", "0")
+    assert re.search(r"^file dek 400 0 0 $", out, re.M), out
+
+
+def test_a_listener_killed_with_the_connection_still_queued_fails_the_unit_at_credentials(bare_container):
+    """A connection still in the listen queue when its listener dies is reset (ECONNRESET), not closed:
+    systemd fails the unit at CREDENTIALS. So only connections already accepted can fail open."""
+    c = bare_container
+    s = own_server(c, "noaccept")
+    _start_no_block(c, "facts-queued.service", s.socket)
+    _wait_for(lambda: c.show("facts-queued.service", "ActiveState")["ActiveState"] == "activating", "activating")
+    time.sleep(0.5)  # the helper forks and connects
+    c.systemctl("kill", "--signal=KILL", s.unit)
+    result, status, out = _result(c, "facts-queued.service")
+    assert (result, status, out) == ("exit-code", "243", "")
+
+
+def test_the_guard_vouches_only_for_its_own_copy_of_the_credential(bare_container):
+    """systemd 252 fetches the credential again for ExecStart=, and that copy replaces the one the drop-in's
+    `test -s` checked. A server that answers the guard's connection and closes the next one without data
+    (a broker killed mid-delivery, 1 time in 2) starts ExecStart= on an EMPTY credential: the guard only
+    catches a server that closes without data every time."""
+    c = bare_container
+    s = own_server(c, "seq:id,close")
+    c.write_file("/etc/systemd/system/copies.service",
+                 "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'stat -c %%s $$CREDENTIALS_DIRECTORY/dek "
+                 "> /run/copies.out'\n")
+    text = grants.dropin(grants.Grant("copies.service", "dek", Format.raw), socket=Path(s.socket))
+    c.write_file("/etc/systemd/system/copies.service.d/50-unlocker-dek.conf", text[text.index("[Service]"):])
+    c.systemctl("daemon-reload")
+    c.systemctl("start", "copies.service")
+    assert len([row for row in s.connections() if "name" in row]) == 2
+    assert c.run(["cat", "/run/copies.out"]).stdout == b"0\n"
+
+
+def test_condition_credential_looks_at_the_managers_credentials_not_the_units(bare_container):
+    """ConditionCredential= (new in 252) asks whether the *service manager* was given a credential (by the
+    container manager or the kernel command line), not whether the unit's own LoadCredential= delivered
+    one: a unit gated on it is skipped although its server would answer, and never connects."""
+    c = bare_container
+    s = server(c, "id")
+    c.write_file("/etc/systemd/system/cond.service",
+                 "[Unit]\nConditionCredential=dek\n[Service]\nType=oneshot\n"
+                 f"LoadCredential=dek:{s.socket}\nExecStart=/bin/true\n")
+    c.systemctl("daemon-reload")
+    c.systemctl("start", "cond.service")
+    assert c.show("cond.service", "ConditionResult")["ConditionResult"] == "no"
+    assert s.connections() == []
+
+
+def test_systemd_252_has_no_import_credential(bare_container):
+    c = bare_container
+    c.write_file("/etc/systemd/system/imp.service", "[Service]\nImportCredential=dek\nExecStart=/bin/true\n")
+    p = c.run(["systemd-analyze", "verify", "/etc/systemd/system/imp.service"], check=False)
+    assert "Unknown key 'ImportCredential' in section [Service]" in p.stderr.decode()
