@@ -170,6 +170,9 @@ def test_installing_enables_the_unit_but_nothing_prompts_before_init(installed):
     # The tmpfiles.d entry made the directories, root only.
     assert c.run(["stat", "-c", "%a %U", "/var/lib/unlocker", "/run/unlocker"]).stdout.decode().split("\n")[:2] == \
         ["700 root", "700 root"]
+    # `unlocker install` (the checkout route) leaves the package's unit alone: a copy in /etc would shadow it.
+    assert "come with the Debian package" in c.run(["unlocker", "install", "--no-enable"]).stdout.decode()
+    assert not (c.root / "etc/systemd/system/unlocker.service").exists()
 
 
 def test_the_completion_completes_commands_and_options_in_bash(installed):
