@@ -15,6 +15,7 @@ The file is optional, INI-style:
 from __future__ import annotations
 
 import configparser
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +26,12 @@ CONFIG_FILE = CONFIG_DIR / "unlocker.conf"
 KEYSTORE = Path("/var/lib/unlocker/keystore")
 RUN_DIR = Path("/run/unlocker")
 DEFAULT_TCTI = "device:/dev/tpmrm0"
-# Where `install --initramfs` puts the initramfs-tools pieces (a package ships them under /usr/share).
-INITRAMFS_HOOK = Path("/etc/initramfs-tools/hooks/unlocker")
-KEYSCRIPT = Path("/usr/local/lib/unlocker/initramfs-keyscript")
+# The Debian package runs its own virtualenv here (debian/rules) and ships the unit, the initramfs-tools
+# hook and the keyscript itself; from a checkout `unlocker install [--initramfs]` puts them in place.
+PACKAGE_VENV = Path("/usr/lib/unlocker/venv")
+PACKAGED = Path(sys.prefix) == PACKAGE_VENV
+INITRAMFS_HOOK = Path("/usr/share/initramfs-tools/hooks" if PACKAGED else "/etc/initramfs-tools/hooks") / "unlocker"
+KEYSCRIPT = Path("/usr/lib/unlocker" if PACKAGED else "/usr/local/lib/unlocker") / "initramfs-keyscript"
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def _host(argv: list[str], timeout: float = 120, **kw) -> subprocess.CompletedPr
 # ---- wheels: built on the host (same Debian, same Python 3.11 ABI), installed offline inside ----
 
 # What a wheel of the project is built from: the tree minus what never goes into it.
-_NOT_IN_WHEEL = shutil.ignore_patterns(".git", ".venv", "build", "tests", "docs", "scripts", "bench", ".ci",
+_NOT_IN_WHEEL = shutil.ignore_patterns(".git", ".venv", "build", "tests", "docs", "scripts", "bench", ".ci", "debian",
                                        "*.egg-info", "__pycache__", ".*_cache", ".hypothesis")
 
 

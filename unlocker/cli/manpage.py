@@ -43,13 +43,18 @@ FILES = [
                                                        "from the broker and refuses to start without it."),
     (str(grants.CREDENTIAL_SOCKET), "Where systemd asks the broker for credentials (LoadCredential=)."),
     (str(control.CONTROL_SOCKET), "The broker's control socket (status, lock, unlock, rotations); root only."),
-    ("/usr/local/lib/systemd/catalog/unlocker.catalog", "The journal catalog: journalctl -x explains each record."),
+    ("/usr/lib/systemd/catalog/unlocker.catalog", "The journal catalog: journalctl -x explains each record. "
+                                                  "The Debian package's; unlocker install puts it in "
+                                                  "/usr/local/lib/systemd/catalog/."),
+    ("/usr/lib/unlocker/venv", "The Debian package's virtualenv: Debian's python3.11, unlocker and its "
+                               "Python dependencies. /usr/sbin/unlocker links to its bin/unlocker."),
 ]
 
 EXAMPLES = [
     ("Create the keystore (with a TPM, a tpm2+passphrase slot), and a recovery key kept off the machine:",
      "unlocker init --recovery-key"),
-    ("Install and enable the boot service:", "unlocker install"),
+    ("Install the Debian package (the unit is enabled; it starts once a keystore exists):",
+     "apt-get install ./unlocker_*.deb"),
     ("Let MariaDB read the key as its file_key_management key file:",
      "unlocker grant mariadb.service --credential dek --format mariadb"),
     ("Check everything before a reboot, for a person or for monitoring:", "unlocker doctor\nunlocker doctor --json"),

@@ -83,6 +83,9 @@ def install(
         "--initramfs", help="Also set up one prompt at boot for LUKS and unlocker (initramfs-tools hook).")] = False,
 ) -> None:
     """Put unlocker.service, its tmpfiles.d entry, journal catalog and directories in place on this machine."""
+    if config.PACKAGED:
+        _packaged(enable, initramfs)
+        return
     source = installed_data_dir()
     Path("/etc/systemd/system/unlocker.service").write_text((source / "units/unlocker.service").read_text())
     Path("/etc/tmpfiles.d").mkdir(parents=True, exist_ok=True)
@@ -104,6 +107,19 @@ def install(
 
 # journalctl reads catalogs from /usr/lib/systemd/catalog (a package's) and this directory.
 CATALOG = Path("/usr/local/lib/systemd/catalog/unlocker.catalog")
+
+
+def _packaged(enable: bool, initramfs: bool) -> None:
+    """The Debian package installed the unit, the tmpfiles.d entry, the catalog and the initramfs-tools
+    hook, and keeps them up to date: a copy under /etc would shadow its unit on every upgrade."""
+    print("unlocker.service, its tmpfiles.d entry, the journal catalog and the initramfs-tools hook come with "
+          "the Debian package: nothing to copy")
+    if enable:
+        run(["systemctl", "enable", "unlocker.service"])
+        print("enabled unlocker.service")
+    if initramfs:
+        print(f"in /etc/crypttab, add keyscript={config.KEYSCRIPT} to the options of the volume opened at boot, "
+              "then run update-initramfs -u")
 
 
 def _install_initramfs(source: Path) -> None:
