@@ -120,7 +120,7 @@ def test_dropin_requires_the_broker_and_refuses_an_empty_credential(tmp_path):
     path = grants.write_dropin(g, tmp_path)
     assert path == tmp_path / "app.service.d" / "50-unlocker-dek.conf"
     text = path.read_text()
-    assert "Requires=unlocker.service\nAfter=unlocker.service\n" in text
+    assert "Wants=unlocker.service\nAfter=unlocker.service\n" in text
     assert "LoadCredential=dek:/run/unlocker/credentials.sock\n" in text
     assert "ExecStartPre=/usr/bin/test -s %d/dek\n" in text
     grants.remove_dropin(g, tmp_path)

@@ -37,7 +37,7 @@ def test_wrong_passphrase_then_right_one_and_consumers_wait(container):
     setup(c, [("granted.service", "dek", "base64")])
     c.systemctl("enable", "unlocker.service")
     c.systemctl("start", "--no-block", "unlocker.service")
-    # A granted unit started now is queued behind the unlock (After=/Requires= in its drop-in).
+    # A granted unit started now is queued behind the unlock (After=/Wants= in its drop-in).
     c.systemctl("start", "--no-block", "granted.service")
     first = c.answer_password(b"not the passphrase")
     assert first["id"] == "unlocker:keystore"
@@ -110,7 +110,7 @@ ExecStart=/bin/true
     dropin = "/etc/systemd/system/guarded.service.d/50-unlocker-dek.conf"
     text = (c.root / dropin.lstrip("/")).read_text()
     c.write(dropin, text.replace("/run/unlocker/credentials.sock", "/run/closer.sock")
-            .replace("Requires=unlocker.service\n", ""))
+            .replace("Wants=unlocker.service\n", ""))
     c.systemctl("daemon-reload")
     c.systemctl("start", "closer.service")
     time.sleep(0.3)

@@ -325,3 +325,31 @@ def test_a_broker_killed_while_requests_wait_fails_them_at_credentials(container
         time.sleep(0.05)
     assert c.run(["cat", "/var/log/waiting.service.out"], check=False).stdout == b""
     assert failed_at_credentials(c, "waiting.service"), journal(c, "waiting.service")
+
+
+def test_a_granted_unit_outlives_the_broker_but_cannot_start_without_it(container):
+    """The drop-in's Wants= (not Requires=): a running consumer keeps running when the broker stops, and
+    a consumer started while no broker serves fails at CREDENTIALS and never runs: systemd 252 fails a
+    LoadCredential= whose socket is gone."""
+    c = container
+    setup(c, [("late.service", "dek", "hex")])
+    c.write("/etc/systemd/system/kept.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+    c.run(["unlocker", "grant", "kept.service", "--format", "raw"])
+    start_broker(c)
+    c.systemctl("start", "kept.service")
+    kept = c.show("kept.service", "MainPID")["MainPID"]
+    c.systemctl("stop", "unlocker.service")
+    assert c.show("kept.service", "ActiveState", "MainPID") == {"ActiveState": "active", "MainPID": kept}
+    # Without a keystore the broker's ConditionPathExists= fails: the consumer's Wants= pulls it in, it is
+    # skipped, and nothing listens on the credential socket (its runtime directory is gone).
+    c.run(["mv", "/var/lib/unlocker/keystore", "/var/lib/unlocker/keystore.away"])
+    assert c.systemctl("start", "late.service", check=False).returncode != 0
+    assert failed_at_credentials(c, "late.service"), journal(c, "late.service")
+    assert c.run(["cat", "/var/log/late.service.out"], check=False).stdout == b""
+    assert c.show("unlocker.service", "ActiveState")["ActiveState"] == "inactive"
+    c.run(["mv", "/var/lib/unlocker/keystore.away", "/var/lib/unlocker/keystore"])
+    start_broker(c)
+    ok, report = run_consumer(c, "late.service")
+    assert ok, journal(c, "late.service")
+    assert bytes.fromhex(report.splitlines()[-1]) == expected(c, "hex")
+    assert c.show("kept.service", "MainPID")["MainPID"] == kept

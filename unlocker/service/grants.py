@@ -115,15 +115,19 @@ def dropin_path(grant: Grant, unit_dir: Path = UNIT_DIR) -> Path:
 
 def dropin(grant: Grant, socket: Path = CREDENTIAL_SOCKET) -> str:
     check(grant.unit, grant.credential)  # the id goes into directives: nothing may break out of its line
-    # Requires= + After=: the unit waits for the unlock and never starts without the broker. The
-    # ExecStartPre= check backs up the broker against systemd's fail-open path (a credential socket that
-    # closes without data gives the unit an EMPTY credential, and it would start). On systemd 252 it runs
-    # after the unit's own ExecStartPre= lines, and an ExecCondition= gets no credentials at all
-    # (tests/system/test_platform_facts.py), so it guards ExecStart= only.
+    # Wants= + After=: the unit waits for the unlock, and starting it starts the broker. Not Requires=: on
+    # systemd 252 that carries every restart of the broker (an upgrade, the automatic restart after a crash)
+    # to every running granted unit, so a database would restart with it. Without the broker a unit still
+    # cannot start: its credential socket is gone or refuses, and systemd fails it at CREDENTIALS (243)
+    # (tests/system/test_broker.py). The ExecStartPre= check backs up the broker against systemd's
+    # fail-open path (a credential socket that closes without data gives the unit an EMPTY credential,
+    # and it would start). On systemd 252 it runs after the unit's own ExecStartPre= lines, and an
+    # ExecCondition= gets no credentials at all (tests/system/test_platform_facts.py), so it guards
+    # ExecStart= only.
     return (
         "# Written by 'unlocker grant'; removed by 'unlocker revoke'.\n"
         "[Unit]\n"
-        "Requires=unlocker.service\n"
+        "Wants=unlocker.service\n"
         "After=unlocker.service\n"
         "\n"
         "[Service]\n"

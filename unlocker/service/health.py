@@ -205,7 +205,7 @@ def grant(g: GrantFacts) -> list[Check]:
 
 
 def orphan_dropin(unit_name: str, credential: str, path: str) -> Check:
-    # Its Requires=/LoadCredential= stay in force: the broker denies the request, and the unit cannot start.
+    # Its LoadCredential= stays in force: the broker denies the request, and the unit cannot start.
     return Check(f"dropin.{unit_name}.{credential}", Verdict.error,
                  f"{path} asks the broker for {credential}, but {unit_name} has no such grant: the unit will not start",
                  f"unlocker grant {unit_name} --credential {credential}, or: rm {path} && systemctl daemon-reload")
