@@ -81,12 +81,13 @@ class SecretMemory:
     """A fixed-size region that is never swapped or dumped.
 
     memfd_secret(2) where the kernel has it (the pages are even removed from the kernel's direct map);
-    otherwise an anonymous mapping that is mlock'ed and marked MADV_DONTDUMP. A memfd_secret region keeps
-    its descriptor (`fd`), so that it can be handed to systemd's fd store and mapped again after a restart
-    (`adopt`); the fallback has none (`fd` is None) and can never leave the process.
+    otherwise an anonymous mapping that is mlock'ed and marked MADV_DONTDUMP. With `keep_fd`, a
+    memfd_secret region keeps its descriptor (`fd`), so that it can be handed to systemd's fd store and
+    mapped again after a restart (`adopt`). Otherwise the descriptor is closed once mapped: a root process
+    that takes descriptors from the broker (pidfd_getfd) finds none to map. The fallback never has one.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, keep_fd: bool = False) -> None:
         self.size = size
         self.kind = "memfd_secret"
         self.fd: int | None = None
@@ -98,7 +99,10 @@ class SecretMemory:
             except BaseException:
                 os.close(fd)
                 raise
-            self.fd = fd
+            if keep_fd:
+                self.fd = fd
+            else:
+                os.close(fd)
         else:
             self.kind = "mlock"
             self._map = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)

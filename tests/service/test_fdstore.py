@@ -11,7 +11,7 @@ import secrets
 import pytest
 
 from unlocker.memory import SecretMemory
-from unlocker.service.fdstore import FDNAME, NO_SECRET_MEMORY, FdStore
+from unlocker.service.fdstore import FDNAME, NO_MEMFD_SECRETMEM, FdStore
 
 
 def mapped(fd: int) -> bytes:
@@ -51,7 +51,7 @@ class Pid1:
 
 @pytest.fixture
 def pid1():
-    if SecretMemory(32).fd is None:
+    if SecretMemory(32, keep_fd=True).fd is None:
         pytest.fail("memfd_secret(2) is not available on this kernel; these tests need it")
     p = Pid1()
     yield p
@@ -110,8 +110,8 @@ def test_other_descriptors_passed_in_are_closed(pid1):
 
 
 def test_without_secret_memory_nothing_is_stored_and_status_says_why(pid1, monkeypatch):
-    def no_memfd_secret(size: int) -> SecretMemory:
-        region = original(size)
+    def no_memfd_secret(size: int, keep_fd: bool = False) -> SecretMemory:
+        region = original(size, keep_fd)
         if region.fd is not None:  # what the fallback looks like: a region without a descriptor
             os.close(region.fd)
             region.fd, region.kind = None, "mlock"
@@ -122,4 +122,4 @@ def test_without_secret_memory_nothing_is_stored_and_status_says_why(pid1, monke
     store = FdStore(pid1.notify)
     store.keep(bytearray(32))
     assert pid1.store == {} and pid1.messages == []
-    assert store.state == f"unavailable: {NO_SECRET_MEMORY}"
+    assert store.state == f"unavailable: {NO_MEMFD_SECRETMEM}"

@@ -19,7 +19,8 @@ UNITS = [f"burst{i}.service" for i in range(24)]
 
 # Logs every password question that appears, for as long as it runs (a question stays until answered or
 # withdrawn, so 20 ms polling cannot miss one that the test never answers).
-ASK_WATCH = "while :; do ls /run/systemd/ask-password 2>/dev/null | grep '^ask\\.' >> /run/ask-watch.log; sleep 0.02; done"
+ASK_WATCH = ("while :; do ls /run/systemd/ask-password 2>/dev/null | grep '^ask\\.' >> /run/ask-watch.log; "
+             "sleep 0.02; done")
 
 
 def main_pid(c: Container) -> int:
@@ -122,7 +123,7 @@ def test_crash_while_units_start_serves_again_without_a_prompt(machine, signal):
     # No unit ran on an empty (or any wrong) credential: what ran saw the 32-byte key, the rest never ran.
     seen = reports(c, UNITS)
     for u, report in seen.items():
-        fstype, mode_owner, data = report.splitlines()
+        _fstype, _mode_owner, data = report.splitlines()
         assert bytes.fromhex(data) == key, (u, report)
     assert set(seen) == {u for u, h in how.items() if h == "ran"}, (how, seen)
 
@@ -153,8 +154,15 @@ def test_crash_while_units_start_serves_again_without_a_prompt(machine, signal):
     assert status(c)["unlocked_by"] == "prompt" and stored(c) == 1
 
 
-def test_systemctl_restart_asks_nothing(machine):
+def test_systemctl_restart_asks_nothing_and_restarts_the_running_consumers(machine):
+    """`systemctl restart unlocker` (what a package upgrade does): no prompt. The grant drop-in's Requires=
+    makes systemd 252 restart every running granted unit with it (try-restart), and each comes back with
+    the key: worth knowing before an upgrade on a busy database server."""
     c = machine
+    c.write_file("/etc/systemd/system/long.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+    c.run(["unlocker", "grant", "long.service", "--format", "raw"])
+    c.systemctl("start", "long.service")
+    long_pid = c.show("long.service", "MainPID")["MainPID"]
     watch_questions(c)
     old = main_pid(c)
     c.systemctl("restart", "unlocker.service")
@@ -162,6 +170,10 @@ def test_systemctl_restart_asks_nothing(machine):
     assert questions_seen(c) == "" and status(c)["unlocked_by"] == "fd store"
     c.systemctl("start", UNITS[0])
     assert bytes.fromhex(reports(c, UNITS[:1])[UNITS[0]].splitlines()[2]) == expected(c, "raw")
+    wait_active(c, "long.service")
+    print("long.service MainPID", long_pid, "->", c.show("long.service", "MainPID")["MainPID"])
+    assert c.show("long.service", "MainPID")["MainPID"] != long_pid
+    assert c.read("/run/credentials/long.service/dek") == expected(c, "raw")
 
 
 def test_stop_then_start_asks_again(machine):

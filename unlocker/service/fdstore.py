@@ -36,7 +36,7 @@ from unlocker.run import log
 
 FDNAME = "unlocker-store-key"
 
-NO_SECRET_MEMORY = ("memfd_secret(2) is not available (a kernel before 6.5 needs secretmem.enable=1 on its "
+NO_MEMFD_SECRETMEM = ("memfd_secret(2) is not available (a kernel before 6.5 needs secretmem.enable=1 on its "
                     "command line), and the key is only ever stored as secret memory: a restart of the broker "
                     "will ask for the passphrase again")
 NO_NOTIFY_SOCKET = "not started by systemd (no NOTIFY_SOCKET): a restart will ask for the passphrase again"
@@ -92,12 +92,12 @@ class FdStore:
         if self._region is not None:
             self._region.view[:] = store_key
             return
-        region = SecretMemory(KEY_BYTES)
+        region = SecretMemory(KEY_BYTES, keep_fd=True)
         if region.fd is None:
             region.close()
             if self.unavailable is None:
-                log.warning("the keys will not survive a restart of the broker: %s", NO_SECRET_MEMORY)
-            self.unavailable = NO_SECRET_MEMORY
+                log.warning("the keys will not survive a restart of the broker: %s", NO_MEMFD_SECRETMEM)
+            self.unavailable = NO_MEMFD_SECRETMEM
             return
         region.view[:] = store_key
         if not self._notify(f"FDSTORE=1\nFDNAME={FDNAME}", fds=[region.fd]):

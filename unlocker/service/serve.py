@@ -29,8 +29,8 @@ from unlocker.memory import harden_process, wipe
 from unlocker.run import log
 from unlocker.secret_input import read_secret_file
 from unlocker.service import ask, audit, cached_passphrase
-from unlocker.service.fdstore import FdStore
 from unlocker.service.broker import CONTROL_BACKLOG, Broker, handle_control, listen, raise_descriptor_limit
+from unlocker.service.fdstore import FdStore
 from unlocker.service.keyring import Keyring
 from unlocker.service.quorum_prompt import SHARE_TIMEOUT_S, QuorumAtPrompt
 from unlocker.service.unattended import Backoff, Unattended
