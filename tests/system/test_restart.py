@@ -229,3 +229,19 @@ def test_three_wrong_passphrases_are_not_restarted_in_a_loop(container):
     assert c.pending_questions() == []
     assert c.show("unlocker.service", "NRestarts")["NRestarts"] == "0"
 
+
+
+def test_a_crash_restarts_the_running_consumers_too_and_they_get_the_key(machine):
+    """On systemd 252 the automatic restart is a restart job, and the grant drop-in's Requires= carries it
+    to every running granted unit (as `systemctl restart unlocker` does). They come back with the key."""
+    c = machine
+    c.write_file("/etc/systemd/system/long.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+    c.run(["unlocker", "grant", "long.service", "--format", "raw"])
+    c.systemctl("start", "long.service")
+    long_pid = c.show("long.service", "MainPID")["MainPID"]
+    old = main_pid(c)
+    c.systemctl("kill", "--signal=SIGKILL", "--kill-who=main", "unlocker.service")
+    wait_restarted(c, old)
+    wait_active(c, "long.service")
+    assert c.show("long.service", "MainPID")["MainPID"] != long_pid
+    assert c.read("/run/credentials/long.service/dek") == expected(c, "raw")
