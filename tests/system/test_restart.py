@@ -124,7 +124,7 @@ def test_crash_while_units_start_serves_again_without_a_prompt(machine, signal):
     seen = reports(c, UNITS)
     for u, report in seen.items():
         _fstype, _mode_owner, data = report.splitlines()
-        assert bytes.fromhex(data) == key, (u, report)
+        assert bytes.fromhex(data) == key, (u, f"{len(data) // 2} bytes", data[:128], journal(c, u))
     assert set(seen) == {u for u, h in how.items() if h == "ran"}, (how, seen)
 
     assert questions_seen(c) == ""

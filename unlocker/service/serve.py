@@ -198,6 +198,15 @@ async def _serve(options: ServeOptions) -> None:
     restored = restore(options, fd_store)  # first: it also closes whatever else systemd passed in
     keyring = Keyring(fd_store)
     broker = Broker(keyring)
+    if restored is not None:  # before the sockets exist: a request that arrives is answered, not refused
+        try:
+            keyring.load(restored)
+        finally:
+            restored.close()
+        broker.state_since, broker.unlocked_by = time.time(), "fd store"
+        audit.state_changed("unlocked", f"keystore generation {keyring.generation} restored from the fd store "
+                            "after a restart of the broker, without a prompt", source="fd store")
+        notify(f"unlocked (keystore generation {keyring.generation}, from the fd store); serving credentials")
     loop = asyncio.get_running_loop()
     options.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     credentials = await listen(options.run_dir / "credentials.sock", broker.handle_credential, mode=0o600)
@@ -255,16 +264,7 @@ async def _serve(options: ServeOptions) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        if restored is not None:
-            try:
-                keyring.load(restored)
-            finally:
-                restored.close()
-            broker.state_since, broker.unlocked_by = time.time(), "fd store"
-            audit.state_changed("unlocked", f"keystore generation {keyring.generation} restored from the fd store "
-                                "after a restart of the broker, without a prompt", source="fd store")
-            notify(f"unlocked (keystore generation {keyring.generation}, from the fd store); serving credentials")
-        else:
+        if not keyring.unlocked:
             await unlock()
         daemon.notify("READY=1")
         await stop.wait()
