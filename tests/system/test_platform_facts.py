@@ -552,3 +552,26 @@ def test_a_clean_exit_is_not_restarted_under_on_abnormal_and_drops_the_store(bar
         time.sleep(0.05)
     time.sleep(0.5)  # longer than RestartSec=
     assert len(u.runs()) == 1 and u.stored() == 0
+
+
+def test_fd_store_is_dropped_when_the_start_limit_fails_the_unit(bare_container):
+    """Crashes beyond the start limit leave the unit failed, and a failed unit keeps no fd store."""
+    c = bare_container
+    u = FdStoreUnit(c)
+    c.write_file("/etc/systemd/system/facts-fdstore.service.d/limit.conf",
+                 "[Unit]\nStartLimitIntervalSec=60\nStartLimitBurst=2\n")
+    c.systemctl("daemon-reload")
+    c.systemctl("start", "facts-fdstore.service")
+    u.wait_for_run(1)
+    u.kill("SIGKILL")
+    assert u.wait_for_run(2)["got"] == [["fact", u.token]]
+    u.kill("SIGKILL")  # the third start would exceed StartLimitBurst=2
+    deadline = time.monotonic() + 10
+    while c.show("facts-fdstore.service", "ActiveState")["ActiveState"] != "failed":
+        assert time.monotonic() < deadline, c.show("facts-fdstore.service", "ActiveState", "Result")
+        time.sleep(0.05)
+    # 252 keeps the crash's result and says why it did not restart.
+    assert c.show("facts-fdstore.service", "Result")["Result"] == "signal"
+    log = c.run(["journalctl", "--no-pager", "-o", "cat", "-u", "facts-fdstore.service"]).stdout.decode()
+    assert "Start request repeated too quickly" in log
+    assert u.stored() == 0
