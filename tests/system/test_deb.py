@@ -210,10 +210,15 @@ def test_init_grant_the_boot_prompt_and_a_granted_unit(installed):
 
 
 def test_an_upgrade_while_the_broker_serves_asks_nothing_and_consumers_keep_starting(installed, newer_deb):
-    # Needs the file descriptor store (branch fdstore): postinst restarts the broker after an upgrade, and
-    # only the fd store lets the new process serve without a prompt.
+    # postinst restarts the broker after an upgrade; the fd store lets the new process serve without a
+    # prompt, and the grants' Wants= leaves the running consumers alone.
     c = installed
     assert c.show("unlocker.service", "ActiveState")["ActiveState"] == "active"
+    # A running consumer (a database, say) must not be restarted by the broker's restart.
+    c.write_file("/etc/systemd/system/long.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+    c.run(["unlocker", "grant", "long.service", "--credential", "dek", "--format", "raw"])
+    c.systemctl("start", "long.service")
+    long_pid = c.show("long.service", "MainPID")["MainPID"]
     before = broker_pid(c)
     apt_install(c, newer_deb)
     version = c.run(["dpkg-query", "-W", "-f", "${Version}", "unlocker"]).stdout.decode()
@@ -234,6 +239,7 @@ def test_an_upgrade_while_the_broker_serves_asks_nothing_and_consumers_keep_star
     ok, report = run_consumer(c, "granted.service")
     assert ok, journal(c, "granted.service")
     assert bytes.fromhex(report.splitlines()[2]) == expected(c, "raw")
+    assert c.show("long.service", "ActiveState", "MainPID") == {"ActiveState": "active", "MainPID": long_pid}
 
 
 def test_remove_and_purge_keep_the_keystore_and_its_backup(rootfs, deb):
