@@ -119,3 +119,16 @@ def test_recovery_key_text_is_gone_from_memory_after_unlock_check(cli, tmp_path)
         finally:
             child.kill()
             child.wait()
+
+
+def test_secret_memory_keeps_its_descriptor_only_when_asked():
+    """The broker's keyring leaves no descriptor for pidfd_getfd(2) to take; only the fd store's region has one."""
+    region, kept = SecretMemory(4096), SecretMemory(32, keep_fd=True)
+    try:
+        assert region.fd is None
+        if kept.kind == "memfd_secret":
+            assert os.readlink(f"/proc/self/fd/{kept.fd}").startswith("/secretmem")
+    finally:
+        region.close()
+        kept.close()
+    assert kept.fd is None

@@ -81,18 +81,27 @@ class SecretMemory:
     """A fixed-size region that is never swapped or dumped.
 
     memfd_secret(2) where the kernel has it (the pages are even removed from the kernel's direct map);
-    otherwise an anonymous mapping that is mlock'ed and marked MADV_DONTDUMP.
+    otherwise an anonymous mapping that is mlock'ed and marked MADV_DONTDUMP. With `keep_fd`, a
+    memfd_secret region keeps its descriptor (`fd`), so that it can be handed to systemd's fd store and
+    mapped again after a restart (`adopt`). Otherwise the descriptor is closed once mapped: a root process
+    that takes descriptors from the broker (pidfd_getfd) finds none to map. The fallback never has one.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, keep_fd: bool = False) -> None:
         self.size = size
         self.kind = "memfd_secret"
+        self.fd: int | None = None
         fd = _libc.syscall(_SYS_MEMFD_SECRET, 0)
         if fd >= 0:
             try:
                 os.ftruncate(fd, size)
                 self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            finally:
+            except BaseException:
+                os.close(fd)
+                raise
+            if keep_fd:
+                self.fd = fd
+            else:
                 os.close(fd)
         else:
             self.kind = "mlock"
@@ -103,7 +112,31 @@ class SecretMemory:
                 self.kind = "unlocked"  # RLIMIT_MEMLOCK too low; still wiped and not dumped
         self.view = memoryview(self._map)
 
-    def close(self) -> None:
-        wipe(self._map)
+    @classmethod
+    def adopt(cls, fd: int) -> SecretMemory:
+        """Map a memfd_secret descriptor this process received (from systemd's fd store); the region
+        owns it from then on. Raises ValueError, and closes it, when it is not a memfd_secret file."""
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            size = os.fstat(fd).st_size
+            if not target.startswith("/secretmem") or size == 0:
+                raise ValueError(f"descriptor {fd} is {target!r} of {size} bytes, not a memfd_secret region")
+            region = cls.__new__(cls)
+            region._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        region.size, region.kind, region.fd = size, "memfd_secret", fd
+        region.view = memoryview(region._map)
+        return region
+
+    def close(self, wipe_contents: bool = True) -> None:
+        """Unmap and close. A memfd_secret region held elsewhere too (systemd's fd store) keeps its
+        contents when `wipe_contents` is False: that is how a restart finds them."""
+        if wipe_contents:
+            wipe(self._map)
         self.view.release()
         self._map.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

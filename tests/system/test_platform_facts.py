@@ -586,3 +586,120 @@ def test_systemd_252_has_no_import_credential(bare_container):
     c.write_file("/etc/systemd/system/imp.service", "[Service]\nImportCredential=dek\nExecStart=/bin/true\n")
     p = c.run(["systemd-analyze", "verify", "/etc/systemd/system/imp.service"], check=False)
     assert "Unknown key 'ImportCredential' in section [Service]" in p.stderr.decode()
+
+# ---- the fd store (unlocker/service/fdstore.py) ----
+
+# A Type=notify service that logs what it was passed (LISTEN_FDNAMES and the contents of each descriptor),
+# stores a memfd holding argv[1] when it was passed nothing, and drops it from the store on SIGUSR1.
+FDSTORE_SERVICE = r"""
+import array, json, os, signal, socket, sys, time
+def notify(message, fds=()):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    address = os.environ["NOTIFY_SOCKET"]
+    address = "\0" + address[1:] if address.startswith("@") else address
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    s.sendmsg([message.encode()], ancillary, 0, address)
+n = int(os.environ.get("LISTEN_FDS", "0")) if os.environ.get("LISTEN_PID") == str(os.getpid()) else 0
+names = os.environ.get("LISTEN_FDNAMES", "").split(":") if n else []
+got = [[name, os.pread(3 + i, 64, 0).decode()] for i, name in enumerate(names)]
+with open("/run/facts-fdstore.log", "a") as f:
+    f.write(json.dumps({"pid": os.getpid(), "got": got}) + "\n")
+if not got:
+    fd = os.memfd_create("fact")
+    os.write(fd, sys.argv[1].encode())
+    notify("FDSTORE=1\nFDNAME=fact", [fd])
+signal.signal(signal.SIGUSR1, lambda *_: notify("FDSTOREREMOVE=1\nFDNAME=fact"))
+notify("READY=1")
+while True:
+    time.sleep(3600)
+"""
+
+FDSTORE_UNIT = """[Service]
+Type=notify
+ExecStart=/usr/bin/python3 /usr/local/lib/facts-fdstore.py {token}
+FileDescriptorStoreMax={max}
+Restart=on-abnormal
+RestartSec=100ms
+"""
+
+
+class FdStoreUnit:
+    def __init__(self, c: Container, max_fds: int = 1) -> None:
+        self.c, self.token = c, secrets.token_hex(8)
+        c.write_file("/usr/local/lib/facts-fdstore.py", FDSTORE_SERVICE)
+        c.write_file("/etc/systemd/system/facts-fdstore.service", FDSTORE_UNIT.format(token=self.token, max=max_fds))
+        c.systemctl("daemon-reload")
+
+    def runs(self) -> list[dict]:
+        text = self.c.run(["cat", "/run/facts-fdstore.log"], check=False).stdout.decode()
+        return [json.loads(line) for line in text.splitlines()]
+
+    def wait_for_run(self, n: int, timeout: float = 10) -> dict:
+        deadline = time.monotonic() + timeout
+        while len(self.runs()) < n or self.c.show("facts-fdstore.service", "ActiveState")["ActiveState"] != "active":
+            assert time.monotonic() < deadline, f"run {n} never came: {self.runs()}"
+            time.sleep(0.05)
+        return self.runs()[n - 1]
+
+    def stored(self) -> int:
+        return int(self.c.show("facts-fdstore.service", "NFileDescriptorStore")["NFileDescriptorStore"])
+
+    def kill(self, signal: str) -> None:
+        self.c.systemctl("kill", f"--signal={signal}", "--kill-who=main", "facts-fdstore.service")
+
+
+def test_fd_store_is_kept_across_restart_and_crashes_and_dropped_on_stop(bare_container):
+    c = bare_container
+    u = FdStoreUnit(c)
+    c.systemctl("start", "facts-fdstore.service")
+    assert u.wait_for_run(1)["got"] == [] and u.stored() == 1
+    c.systemctl("restart", "facts-fdstore.service")
+    assert u.wait_for_run(2)["got"] == [["fact", u.token]]
+    for n, sig in enumerate(("SIGKILL", "SIGSEGV"), start=3):  # automatic restarts, Restart=on-abnormal
+        u.kill(sig)
+        assert u.wait_for_run(n)["got"] == [["fact", u.token]], sig
+    assert u.stored() == 1  # the same descriptor, passed on each time, never a second one
+    c.systemctl("stop", "facts-fdstore.service")
+    assert u.stored() == 0
+    c.systemctl("start", "facts-fdstore.service")
+    assert u.wait_for_run(5)["got"] == []
+
+
+def test_fd_store_remove_by_name_empties_it_for_the_next_run(bare_container):
+    c = bare_container
+    u = FdStoreUnit(c)
+    c.systemctl("start", "facts-fdstore.service")
+    u.wait_for_run(1)
+    u.kill("SIGUSR1")
+    deadline = time.monotonic() + 5
+    while u.stored() != 0:
+        assert time.monotonic() < deadline, "FDSTOREREMOVE=1 did not empty the store"
+        time.sleep(0.05)
+    u.kill("SIGKILL")
+    assert u.wait_for_run(2)["got"] == []
+
+
+def test_fd_store_max_0_ignores_fdstore(bare_container):
+    c = bare_container
+    u = FdStoreUnit(c, max_fds=0)
+    c.systemctl("start", "facts-fdstore.service")
+    u.wait_for_run(1)
+    assert u.stored() == 0
+    c.systemctl("restart", "facts-fdstore.service")
+    assert u.wait_for_run(2)["got"] == []
+
+
+def test_a_clean_exit_is_not_restarted_under_on_abnormal_and_drops_the_store(bare_container):
+    """Why the unit says on-abnormal: the broker's exit after the last wrong passphrase (status 2) must
+    not bring the prompt back in a loop. SIGTERM is what `stop` sends; a crash is not."""
+    c = bare_container
+    u = FdStoreUnit(c)
+    c.systemctl("start", "facts-fdstore.service")
+    u.wait_for_run(1)
+    u.kill("SIGTERM")  # a signal systemd counts as clean: no restart
+    deadline = time.monotonic() + 5
+    while c.show("facts-fdstore.service", "ActiveState")["ActiveState"] == "active":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)  # longer than RestartSec=
+    assert len(u.runs()) == 1 and u.stored() == 0

@@ -86,6 +86,8 @@ def status(
           + (f" by {broker['unlocked_by']}" if broker.get("unlocked_by") else ""))
     if broker.get("memory"):
         print(f"memory    {MEMORY_NOTES.get(broker['memory'], broker['memory'])}")
+    if broker.get("fd_store"):
+        print(f"restart   fd store {broker['fd_store']}")
     for line in broker.get("grants", []):
         print(f"grant     {line}")
     for what in ("deliveries", "denials"):

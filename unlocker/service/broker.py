@@ -297,6 +297,7 @@ class Broker:
             "since": self.state_since,
             "generation": self.keyring.generation,
             "memory": self.keyring.memory_kind,
+            "fd_store": self.keyring.fd_store.state if self.keyring.fd_store is not None else None,
             "unlocked_by": self.unlocked_by if self.keyring.unlocked else None,
             "grants": [g.line() for g in self.current_grants().values()],
             "grants_error": self._grants_error,
@@ -308,7 +309,7 @@ class Broker:
     def lock(self) -> None:
         self.keyring.lock()
         self.state_since = time.time()
-        audit.state_changed("locked", "keys wiped from memory")
+        audit.state_changed("locked", "keys wiped from memory and from the fd store")
 
 
 async def handle_control(broker: Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,5 +1,6 @@
 """The broker's keys while it is unlocked: every deliverable DEK version and the store key, in one
-region of secret memory (memfd_secret, or mlock'ed and MADV_DONTDUMP), wiped by lock()."""
+region of secret memory (memfd_secret, or mlock'ed and MADV_DONTDUMP), wiped by lock(). With an FdStore,
+the store key is also kept in systemd's fd store for a restart, and lock() wipes that too."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from unlocker.client.formats import KeyVersion
 from unlocker.keystore.fileformat import KEY_BYTES, Keystore
 from unlocker.keystore.unlock import Unlocked
 from unlocker.memory import SecretMemory, wipe
+from unlocker.service.fdstore import FdStore
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,8 @@ class _Entry:
 
 
 class Keyring:
-    def __init__(self) -> None:
+    def __init__(self, fd_store: FdStore | None = None) -> None:
+        self.fd_store = fd_store
         self._region: SecretMemory | None = None
         self._entries: list[_Entry] = []
         self.generation: int | None = None
@@ -41,8 +44,10 @@ class Keyring:
             region.view[i * KEY_BYTES : (i + 1) * KEY_BYTES] = key
             wipe(key)
             entries.append(_Entry(dek.id, dek.state, i * KEY_BYTES))
-        self.lock()
+        self._drop()
         self._region, self._entries = region, entries
+        if self.fd_store is not None:
+            self.fd_store.keep(region.view[:KEY_BYTES])
         self.generation, self.memory_kind = keystore.generation, region.kind
 
     def store_key(self) -> bytearray:
@@ -56,6 +61,18 @@ class Keyring:
         return [KeyVersion(e.id, e.state, bytearray(view[e.offset : e.offset + KEY_BYTES])) for e in self._entries]
 
     def lock(self) -> None:
+        """Wipe the keys, here and in the fd store: a restart after this asks for the passphrase."""
+        self._drop()
+        if self.fd_store is not None:
+            self.fd_store.discard()
+
+    def close(self) -> None:
+        """At stop or restart: wipe the keys here, and leave the fd store to systemd (fdstore.py)."""
+        self._drop()
+        if self.fd_store is not None:
+            self.fd_store.release()
+
+    def _drop(self) -> None:
         if self._region is not None:
             self._region.close()
         self._region, self._entries, self.generation = None, [], None

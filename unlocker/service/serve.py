@@ -3,6 +3,9 @@
 The sockets are bound before the unlock, so units that ask early are refused (fail closed) rather than
 left hanging, and `unlocker status` answers while the prompt waits. After `unlocker lock`, an `unlock`
 request on the control socket prompts again without a restart.
+
+A restart (a crash under `Restart=on-abnormal`, `systemctl restart`, a package upgrade) does not prompt:
+the store key waits in systemd's fd store (fdstore.py), and the keystore is opened with it again.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from unlocker.run import log
 from unlocker.secret_input import read_secret_file
 from unlocker.service import ask, audit, cached_passphrase
 from unlocker.service.broker import CONTROL_BACKLOG, Broker, handle_control, listen, raise_descriptor_limit
+from unlocker.service.fdstore import FdStore
 from unlocker.service.keyring import Keyring
 from unlocker.service.quorum_prompt import SHARE_TIMEOUT_S, QuorumAtPrompt
 from unlocker.service.unattended import Backoff, Unattended
@@ -172,8 +176,27 @@ def _ask_until_open(options: ServeOptions, race: Unattended | None, withdraw: th
     raise WrongSecret(f"no keyslot opened after {options.tries} attempt(s); restart unlocker.service to try again")
 
 
+def restore(options: ServeOptions, fd_store: FdStore) -> Unlocked | None:
+    """The keystore opened with the store key a previous run left in the fd store, or None (nothing
+    stored, or a stale key: removed from the store, and the normal unlock follows)."""
+    store_key = fd_store.take()
+    if store_key is None:
+        return None
+    try:
+        return with_store_key(storage.read(options.keystore), store_key)
+    except (FormatError, UnlockerError) as e:
+        log.warning("the store key kept in the fd store does not open %s (%s); it is discarded and the "
+                    "keystore unlocked as at boot", options.keystore, e)
+        fd_store.discard()
+        return None
+    finally:
+        wipe(store_key)
+
+
 async def _serve(options: ServeOptions) -> None:
-    keyring = Keyring()
+    fd_store = FdStore()
+    restored = restore(options, fd_store)  # first: it also closes whatever else systemd passed in
+    keyring = Keyring(fd_store)
     broker = Broker(keyring)
     loop = asyncio.get_running_loop()
     options.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -232,11 +255,21 @@ async def _serve(options: ServeOptions) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await unlock()
+        if restored is not None:
+            try:
+                keyring.load(restored)
+            finally:
+                restored.close()
+            broker.state_since, broker.unlocked_by = time.time(), "fd store"
+            audit.state_changed("unlocked", f"keystore generation {keyring.generation} restored from the fd store "
+                                "after a restart of the broker, without a prompt", source="fd store")
+            notify(f"unlocked (keystore generation {keyring.generation}, from the fd store); serving credentials")
+        else:
+            await unlock()
         daemon.notify("READY=1")
         await stop.wait()
     finally:
-        keyring.lock()
+        keyring.close()  # SIGTERM is a stop or a restart: the fd store is systemd's to keep or release
         credentials.close()
         control.close()
         daemon.notify("STOPPING=1")

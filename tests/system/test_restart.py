@@ -1,0 +1,247 @@
+"""A restart of the broker keeps the keys (systemd's fd store, unlocker/service/fdstore.py); a lock or a
+stop does not. Real systemd 252 in nspawn; the container allows memfd_secret (docs/TESTING.md)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from unlocker.service import audit
+
+from .container import Container
+from .helpers import PASSPHRASE, expected, journal, setup, start_broker, wait_active
+
+pytestmark = pytest.mark.system
+
+UNITS = [f"burst{i}.service" for i in range(24)]
+
+# Logs every password question that appears, for as long as it runs (a question stays until answered or
+# withdrawn, so 20 ms polling cannot miss one that the test never answers).
+ASK_WATCH = ("while :; do ls /run/systemd/ask-password 2>/dev/null | grep '^ask\\.' >> /run/ask-watch.log; "
+             "sleep 0.02; done")
+
+
+def main_pid(c: Container) -> int:
+    return int(c.show("unlocker.service", "MainPID")["MainPID"])
+
+
+def stored(c: Container) -> int:
+    return int(c.show("unlocker.service", "NFileDescriptorStore")["NFileDescriptorStore"])
+
+
+def status(c: Container) -> dict:
+    return json.loads(c.run(["unlocker", "status", "--json"]).stdout)["broker"]
+
+
+def watch_questions(c: Container) -> None:
+    c.run(["rm", "-f", "/run/ask-watch.log"])
+    c.run(["systemd-run", "--unit=ask-watch.service", "sh", "-c", ASK_WATCH])
+
+
+def questions_seen(c: Container) -> str:
+    return c.run(["cat", "/run/ask-watch.log"], check=False).stdout.decode()
+
+
+def wait_restarted(c: Container, old_pid: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while (pid := main_pid(c)) in (0, old_pid) or c.show("unlocker.service", "ActiveState")["ActiveState"] != "active":
+        assert time.monotonic() < deadline, "unlocker.service did not come back:\n" + journal(c, "unlocker.service")
+        time.sleep(0.05)
+    return pid
+
+
+def wait_for_question(c: Container, timeout: float = 30) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while not (questions := c.pending_questions()):
+        assert time.monotonic() < deadline, "no passphrase question:\n" + journal(c, "unlocker.service")
+        time.sleep(0.1)
+    return questions
+
+
+def settled(c: Container, units: list[str], timeout: float = 60) -> dict[str, str]:
+    """unit -> Result once none of them is still starting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {u: c.show(u, "ActiveState", "Result") for u in units}
+        if all(s["ActiveState"] in ("inactive", "failed") for s in states.values()):
+            return {u: s["Result"] for u, s in states.items()}
+        assert time.monotonic() < deadline, f"units still starting: {states}"
+        time.sleep(0.1)
+
+
+def reports(c: Container, units: list[str]) -> dict[str, str]:
+    """What each consumer's ExecStart= saw, for those whose ExecStart= ran at all."""
+    out = {}
+    for u in units:
+        # StandardOutput=truncate: creates the file for ExecStartPre= already, which prints nothing.
+        p = c.run(["cat", f"/var/log/{u}.out"], check=False)
+        if p.returncode == 0 and p.stdout:
+            out[u] = p.stdout.decode()
+    return out
+
+
+def failure(c: Container, unit: str) -> str:
+    text = journal(c, unit)
+    if "243/CREDENTIALS" in text:
+        return "243/CREDENTIALS"
+    if "Control process exited, code=exited, status=1/FAILURE" in text:
+        return "empty credential refused by test -s"
+    return text
+
+
+@pytest.fixture
+def machine(container):
+    c = container
+    setup(c, [(u, "dek", "raw") for u in UNITS])
+    start_broker(c)
+    assert stored(c) == 1
+    return c
+
+
+@pytest.mark.parametrize("signal", ["SIGKILL", "SIGSEGV"])
+def test_crash_while_units_start_serves_again_without_a_prompt(machine, signal):
+    c = machine
+    key = expected(c, "raw")
+    assert len(key) == 32
+    watch_questions(c)
+    old = main_pid(c)
+    # Units keep being started, 20 ms apart, and the broker is killed after the first third of them.
+    starts = "; ".join(f"systemctl start --no-block {u}; sleep 0.02" for u in UNITS)
+    kill = f"systemctl kill --signal={signal} --kill-who=main unlocker.service"
+    c.sh(starts.replace(f"{UNITS[len(UNITS) // 3]}; sleep 0.02", f"{UNITS[len(UNITS) // 3]}; {kill}; sleep 0.02"))
+    new = wait_restarted(c, old)
+    results = settled(c, UNITS)
+    # The kill landed while units were starting. Units started while the broker was away wait for its
+    # restart (Requires= and After= of the grant's drop-in); one in its credential step when the broker died
+    # got an empty credential, and the drop-in's `test -s` failed it before its ExecStart=.
+    how = {u: "ran" if r == "success" else failure(c, u) for u, r in results.items()}
+    print(f"{signal}: {sorted(how.values())}")
+    assert set(how.values()) <= {"ran", "empty credential refused by test -s", "243/CREDENTIALS"}, how
+
+    # No unit ran on an empty (or any wrong) credential: what ran saw the 32-byte key, the rest never ran.
+    seen = reports(c, UNITS)
+    for u, report in seen.items():
+        _fstype, _mode_owner, data = report.splitlines()
+        assert bytes.fromhex(data) == key, (u, report)
+    assert set(seen) == {u for u, h in how.items() if h == "ran"}, (how, seen)
+
+    assert questions_seen(c) == ""
+    assert c.pending_questions() == []
+    info = status(c)
+    assert (info["state"], info["unlocked_by"]) == ("unlocked", "fd store")
+    assert info["fd_store"].startswith("holding the store key")
+    assert "restored from the fd store" in journal(c, None, f"MESSAGE_ID={audit.UNLOCKED}", f"_PID={new}")
+    assert stored(c) == 1
+
+    # It serves again: every unit now gets the key.
+    c.run(["rm", "-f", *(f"/var/log/{u}.out" for u in UNITS)])
+    c.systemctl("start", *UNITS)
+    assert all(bytes.fromhex(r.splitlines()[2]) == key for r in reports(c, UNITS).values())
+    assert len(reports(c, UNITS)) == len(UNITS)
+
+    # And lock afterwards leaves nothing in the store: the next crash asks.
+    c.run(["unlocker", "lock"])
+    assert stored(c) == 0
+    old = main_pid(c)
+    c.systemctl("kill", "--signal=SIGKILL", "--kill-who=main", "unlocker.service")
+    (question,) = wait_for_question(c)
+    assert question["pid"] != old
+    assert status(c)["state"] == "locked"
+    c.answer_password(PASSPHRASE)
+    wait_active(c, "unlocker.service")
+    assert status(c)["unlocked_by"] == "prompt" and stored(c) == 1
+
+
+def test_systemctl_restart_asks_nothing_and_restarts_the_running_consumers(machine):
+    """`systemctl restart unlocker` (what a package upgrade does): no prompt. The grant drop-in's Requires=
+    makes systemd 252 restart every running granted unit with it (try-restart), and each comes back with
+    the key: worth knowing before an upgrade on a busy database server."""
+    c = machine
+    c.write_file("/etc/systemd/system/long.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+    c.run(["unlocker", "grant", "long.service", "--format", "raw"])
+    c.systemctl("start", "long.service")
+    long_pid = c.show("long.service", "MainPID")["MainPID"]
+    watch_questions(c)
+    old = main_pid(c)
+    c.systemctl("restart", "unlocker.service")
+    wait_restarted(c, old)
+    assert questions_seen(c) == "" and status(c)["unlocked_by"] == "fd store"
+    c.systemctl("start", UNITS[0])
+    assert bytes.fromhex(reports(c, UNITS[:1])[UNITS[0]].splitlines()[2]) == expected(c, "raw")
+    wait_active(c, "long.service")
+    print("long.service MainPID", long_pid, "->", c.show("long.service", "MainPID")["MainPID"])
+    assert c.show("long.service", "MainPID")["MainPID"] != long_pid
+    assert c.read("/run/credentials/long.service/dek") == expected(c, "raw")
+
+
+def test_stop_then_start_asks_again(machine):
+    c = machine
+    c.systemctl("stop", "unlocker.service")
+    assert stored(c) == 0
+    c.systemctl("start", "--no-block", "unlocker.service")
+    wait_for_question(c)
+    c.answer_password(PASSPHRASE)
+    wait_active(c, "unlocker.service")
+    assert status(c)["unlocked_by"] == "prompt"
+
+
+def test_rotate_kek_keeps_the_stored_key_in_step(machine):
+    c = machine
+    r = c.run(["unlocker", "rotate", "kek", "--passphrase-file", "-", "--kdf-time", "50"], input=PASSPHRASE)
+    assert b"the running broker now serves generation" in r.stdout, r.stdout + r.stderr
+    assert stored(c) == 1  # written in place, not a second descriptor
+    watch_questions(c)
+    old = main_pid(c)
+    c.systemctl("kill", "--signal=SIGKILL", "--kill-who=main", "unlocker.service")
+    wait_restarted(c, old)
+    assert questions_seen(c) == "" and status(c)["unlocked_by"] == "fd store"
+
+
+def test_a_stale_stored_key_is_discarded_and_the_prompt_follows(machine):
+    """The keystore was replaced behind the broker's back: the stored key fails the header MAC."""
+    c = machine
+    c.run(["unlocker", "--keystore", "/root/other", "init", "--no-tpm2", "--kdf-time", "50",
+           "--passphrase-file", "-"], input=PASSPHRASE + b"\n")
+    c.run(["cp", "/root/other", "/var/lib/unlocker/keystore"])
+    c.systemctl("kill", "--signal=SIGKILL", "--kill-who=main", "unlocker.service")
+    wait_for_question(c)
+    assert stored(c) == 0
+    assert "does not open" in journal(c, "unlocker.service")
+    c.answer_password(PASSPHRASE)
+    wait_active(c, "unlocker.service")
+    assert status(c)["unlocked_by"] == "prompt" and stored(c) == 1
+
+
+def test_three_wrong_passphrases_are_not_restarted_in_a_loop(container):
+    """Restart=on-abnormal: the broker's exit after the last wrong passphrase is a failure, not a crash."""
+    c = container
+    setup(c, [])
+    c.systemctl("start", "--no-block", "unlocker.service")
+    for _ in range(3):
+        c.answer_password(b"wrong")
+    deadline = time.monotonic() + 30
+    while c.show("unlocker.service", "ActiveState")["ActiveState"] != "failed":
+        assert time.monotonic() < deadline, journal(c, "unlocker.service")
+        time.sleep(0.1)
+    time.sleep(1)
+    assert c.pending_questions() == []
+    assert c.show("unlocker.service", "NRestarts")["NRestarts"] == "0"
+
+
+
+def test_a_crash_restarts_the_running_consumers_too_and_they_get_the_key(machine):
+    """On systemd 252 the automatic restart is a restart job, and the grant drop-in's Requires= carries it
+    to every running granted unit (as `systemctl restart unlocker` does). They come back with the key."""
+    c = machine
+    c.write_file("/etc/systemd/system/long.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+    c.run(["unlocker", "grant", "long.service", "--format", "raw"])
+    c.systemctl("start", "long.service")
+    long_pid = c.show("long.service", "MainPID")["MainPID"]
+    old = main_pid(c)
+    c.systemctl("kill", "--signal=SIGKILL", "--kill-who=main", "unlocker.service")
+    wait_restarted(c, old)
+    wait_active(c, "long.service")
+    assert c.show("long.service", "MainPID")["MainPID"] != long_pid
+    assert c.read("/run/credentials/long.service/dek") == expected(c, "raw")
