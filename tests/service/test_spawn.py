@@ -85,8 +85,8 @@ HEAVY = ("tpm2_pytss", "Crypto", "typer", "click", "unlocker.cli", "unlocker.tpm
 
 
 def test_the_broker_loads_neither_the_tpm_stack_nor_the_cli():
-    code = ("import sys, json, unlocker.service.serve; heavy = %r; print(json.dumps(sorted("
-            "m for m in sys.modules if any(m == h or m.startswith(h + '.') for h in heavy))))" % (HEAVY,))
+    code = (f"import sys, json, unlocker.service.serve; heavy = {HEAVY!r}; print(json.dumps(sorted("
+            "m for m in sys.modules if any(m == h or m.startswith(h + '.') for h in heavy))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True).stdout
     assert json.loads(out) == []
 
