@@ -88,6 +88,11 @@ class UnlockChild:
     def stop(self) -> None:
         """SIGTERM to the child's whole session: systemd-ask-password withdraws its question."""
         self.stopped = True
+        self._end_session()
+
+    def _end_session(self) -> None:
+        # The session's id is the child's pid; a systemd-ask-password it left behind (a child killed
+        # mid-question) still has it, and removes its question on SIGTERM.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
 
@@ -119,6 +124,7 @@ class UnlockChild:
 
     def _died(self) -> UnlockerError:
         self._reap()
+        self._end_session()
         code = self.proc.returncode
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         if self.stopped:
