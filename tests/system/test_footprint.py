@@ -104,18 +104,31 @@ def _settled(c, timeout: float = 15) -> str:
     return state
 
 
+def _gone(c, pid: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while c.run(["test", "-e", f"/proc/{pid}"], check=False).returncode == 0:
+        assert time.monotonic() < deadline, f"{pid} still runs:\n" + journal(c, "unlocker.service")
+        time.sleep(0.05)
+
+
 def test_sigterm_to_the_broker_while_the_child_asks_withdraws_the_question(container):
     c = container
     setup(c, [])
     c.systemctl("start", "--no-block", "unlocker.service")
     question = _wait_question(c)
-    broker = _broker_pid(c)
-    assert str(question["pid"]) != broker  # asked by the child's systemd-ask-password, not the broker
+    broker, asker = _broker_pid(c), str(question["pid"])
+    child = c.run(["cut", "-d", " ", "-f4", f"/proc/{asker}/stat"]).stdout.decode().strip()  # the asker's parent
+    assert child != broker  # asked by the child's systemd-ask-password, not by the broker
     c.run(["kill", "-TERM", broker])  # the broker alone: systemd's stop would signal the whole cgroup
-    _settled(c)
-    assert _ask_files(c) == [] and c.pending_questions() == []
+    for pid in (broker, child, asker):
+        _gone(c, pid)
+    # An exit before READY=1 is a 'protocol' failure to systemd, which Restart=on-abnormal restarts (and the
+    # new broker asks again): the old question must be gone, whatever came after it.
+    assert all(str(q["pid"]) != asker for q in c.pending_questions())
     log = journal(c, "unlocker.service")
     assert "stopped while the keystore was still locked" in log and "Traceback" not in log
+    c.systemctl("stop", "unlocker.service")
+    assert _ask_files(c) == [] and c.pending_questions() == []
 
 
 def test_an_unlock_child_that_dies_is_a_failed_unlock(container):
