@@ -5,6 +5,7 @@ child that dies is a failed unlock, and the broker's modules load neither the TP
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -91,3 +92,21 @@ def test_the_broker_loads_neither_the_tpm_stack_nor_the_cli():
     assert json.loads(out) == []
 
 
+
+
+def test_without_memfd_secret_the_bytes_go_straight_into_a_region_of_the_broker():
+    """The mlock fallback cannot be handed over: the child sends the bytes after the header (unlock_child.py
+    hand_over), and the broker receives them into its own region."""
+    child = UnlockChild.__new__(UnlockChild)
+    child.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    keys = bytes(range(64))
+    theirs.send(keys)
+    handed = child._take({"size": 64, "entries": [[1, "primary", 32]], "generation": 7, "slot_index": 0,
+                          "source": "prompt"}, [])
+    try:
+        assert bytes(handed.region.view) == keys and handed.generation == 7
+        assert handed.region.writable  # its own region, wiped at close
+    finally:
+        handed.region.close()
+        child.sock.close()
+        theirs.close()
