@@ -164,3 +164,19 @@ def test_lock_and_unlock_again_starts_a_new_child(container):
     wait_active(c, "unlocker.service")
     assert _broker_pid(c) == broker and _unit_pids(c) == [broker]
     c.run(["systemctl", "start", "granted.service"])
+
+
+def test_three_wrong_passphrases_end_the_broker_as_before(container):
+    """The child asks; the broker exits with the message and status the CLI gave before the child."""
+    c = container
+    setup(c, [])
+    c.systemctl("start", "--no-block", "unlocker.service")
+    for _ in range(3):
+        c.answer_password(b"wrong")
+    assert _settled(c, timeout=30) == "failed"
+    assert c.show("unlocker.service", "ExecMainStatus")["ExecMainStatus"] == "2"
+    log = journal(c, "unlocker.service")
+    assert "wrong passphrase (attempt 3 of 3)" in log
+    assert "unlocker: no keyslot opened after 3 attempt(s); restart unlocker.service to try again" in log
+    assert "Traceback" not in log
+    assert _ask_files(c) == []
