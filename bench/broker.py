@@ -9,9 +9,15 @@
 - the broker's own part of one delivery, stage by stage (peer check, grant lookup, render, audit record),
   timed in a unit of the container against its journald;
 - the broker's resident memory after unlock, and what each group of imports adds to a fresh interpreter
-  (the broker's own, and a process that imports only what serving needs).
+  (the broker's own, and a process that imports only what serving needs);
+- the unlock itself (issue 13), this tree beside the `unlocker` package of an older commit (--unlock-against,
+  default the last commit before the unlock child), alternating in one container: `systemctl start` of
+  unlocker.service until READY=1 (`--passphrase-file`, so no agent's latency), and the broker's VmRSS and
+  smaps_rollup Rss right after, on a passphrase-only keystore and on a tpm2+passphrase one (swtpm on the
+  host's loopback). `--unlock-only` runs just that part.
 
-    .venv/bin/python bench/broker.py [--json] [--runs N] [--rounds N]   (needs scripts/setup and scripts/rootfs)
+    .venv/bin/python bench/broker.py [--json] [--runs N] [--rounds N] [--unlock-only] [--unlock-against COMMIT]
+    (needs scripts/setup and scripts/rootfs)
 """
 
 from __future__ import annotations
@@ -21,14 +27,21 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import FAST  # noqa: E402
+from swtpm_fixture import running_swtpm  # noqa: E402
+
 from tests.system.container import Container, Layer  # noqa: E402
 from tests.system.helpers import PASSPHRASE, expected, setup, start_broker  # noqa: E402
+from unlocker.keystore import changes, storage  # noqa: E402
+from unlocker.keystore.slots import Secrets  # noqa: E402
 
 UNIT = "[Service]\nType=oneshot\nExecStart=/bin/true\n{extra}\n"
 SOCKET = "/run/unlocker/credentials.sock"
@@ -314,6 +327,78 @@ def profile(c: Container, old: str | None, n: int = 2000) -> dict[str, float]:
     return stages
 
 
+# Runs in the container: start unlocker.service with each variant's drop-in in turn, `runs` times; the
+# seconds until `systemctl start` returns (Type=notify: READY=1), then the broker's memory.
+UNLOCK_TIMER = r"""
+import json, subprocess, sys, time
+variants, runs = json.loads(sys.argv[1]), int(sys.argv[2])
+out = {name: {"s": [], "VmRSS": [], "Rss": [], "procs": []} for name in variants}
+def show(prop):
+    return subprocess.run(["systemctl", "show", "-p", prop, "--value", "unlocker.service"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+for _ in range(runs):
+    for name, dropin in variants.items():
+        with open("/etc/systemd/system/unlocker.service.d/50-bench.conf", "w") as f:
+            f.write(dropin)
+        subprocess.run(["systemctl", "daemon-reload"], check=True)
+        t = time.perf_counter()
+        subprocess.run(["systemctl", "start", "unlocker.service"], check=True)
+        out[name]["s"].append(time.perf_counter() - t)
+        pid = show("MainPID")
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                out[name]["VmRSS"].append(int(line.split()[1]))
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Rss:"):
+                out[name]["Rss"].append(int(line.split()[1]))
+        out[name]["procs"].append(len(open(f"/sys/fs/cgroup{show('ControlGroup')}/cgroup.procs").read().split()))
+        subprocess.run(["systemctl", "stop", "unlocker.service"], check=True)
+print(json.dumps(out))
+"""
+OLD_TREE = "/usr/local/lib/bench/old"
+UNLOCK_AGAINST = "166c8db"  # the merge before the unlock child
+
+
+def unlock_times(c: Container, old: str, runs: int, tmp: Path) -> dict[str, object]:
+    """Old and new `unlocker serve`, alternating: time to READY=1 and RSS after, per keystore kind."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", old, "unlocker"],
+                             capture_output=True, check=True).stdout
+    c.run(["mkdir", "-p", OLD_TREE, "/etc/systemd/system/unlocker.service.d"])
+    c.run(["tar", "-x", "-C", OLD_TREE], input=archive)
+    c.write_file("/etc/bench.pass", PASSPHRASE, mode=0o600)
+    results: dict[str, object] = {}
+    with running_swtpm(tmp / "swtpm") as tpm:
+        opened = changes.create("tpm2+passphrase", Secrets(bytearray(PASSPHRASE), tpm.tcti), FAST)
+        storage.write(tmp / "keystore-tpm2", opened.keystore, expected_generation=None)
+        opened.close()
+        c.write_file("/var/lib/unlocker/keystore-tpm2", (tmp / "keystore-tpm2").read_bytes(), mode=0o600)
+        c.write_file("/etc/unlocker/unlocker.conf", f"[tpm2]\ndevice = {tpm.tcti}\n")
+        for kind, keystore in (("passphrase", "/var/lib/unlocker/keystore"),
+                               ("tpm2+passphrase", "/var/lib/unlocker/keystore-tpm2")):
+            exec_start = (f"[Service]\nExecStart=\nExecStart=/usr/local/bin/unlocker --keystore {keystore} serve "
+                          "--passphrase-file /etc/bench.pass\n")
+            variants = {"old": exec_start + f"Environment=PYTHONPATH={OLD_TREE}\n", "new": exec_start}
+            raw = json.loads(c.run(["python3", "-c", UNLOCK_TIMER, json.dumps(variants), str(runs)],
+                                   timeout=1200).stdout)
+            results[kind] = {name: {"ready_ms": statistics.median(r["s"]) * 1000,
+                                    "vmrss_mib": statistics.median(r["VmRSS"]) / 1024,
+                                    "rss_mib": statistics.median(r["Rss"]) / 1024,
+                                    "processes_after": max(r["procs"]), "raw": r} for name, r in raw.items()}
+    c.run(["rm", "-r", "/etc/systemd/system/unlocker.service.d"])
+    c.systemctl("daemon-reload")
+    return results
+
+
+def print_unlock(unlock: dict[str, object], old: str, runs: int) -> None:
+    print(f"\nUnlock (issue 13): `systemctl start unlocker.service` until READY=1, and the broker's memory right "
+          f"after; median of {runs}, old ({old}) and new alternating")
+    print(f"{'keystore':<18} {'variant':<6} {'READY ms':>9} {'VmRSS MiB':>10} {'Rss MiB':>8} {'procs':>6}")
+    for kind, variants in unlock.items():
+        for name, r in variants.items():  # type: ignore[attr-defined]
+            print(f"{kind:<18} {name:<6} {r['ready_ms']:>9.0f} {r['vmrss_mib']:>10.1f} {r['rss_mib']:>8.1f} "
+                  f"{r['processes_after']:>6}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print the figures and ratios as JSON")
@@ -321,7 +406,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="bursts of each kind (interleaved)")
     parser.add_argument("--against", metavar="COMMIT", help="also time whole deliveries from the broker.py of "
                         "COMMIT, alternating with this tree's, in one process")
+    parser.add_argument("--unlock-only", action="store_true", help="only the unlock's time and memory, old vs new")
+    parser.add_argument("--unlock-against", metavar="COMMIT", default=UNLOCK_AGAINST,
+                        help=f"the older `unlocker` package for the unlock comparison (default {UNLOCK_AGAINST})")
+    parser.add_argument("--unlock-runs", type=int, default=10, help="unlocks of each variant and keystore")
     args = parser.parse_args()
+
+    if args.unlock_only:
+        layer = Layer()
+        layer.build()
+        try:
+            with Container(layer) as c, tempfile.TemporaryDirectory() as tmp:
+                setup(c, [], kdf_time=50)
+                unlock = unlock_times(c, args.unlock_against, args.unlock_runs, Path(tmp))
+        finally:
+            layer.remove()
+        if args.json:
+            print(json.dumps({"unlock": unlock, "unlock_against": args.unlock_against, "unlock_runs": args.unlock_runs},
+                             indent=1))
+        else:
+            print_unlock(unlock, args.unlock_against, args.unlock_runs)
+        return
 
     layer = Layer()
     layer.build()
@@ -335,6 +440,9 @@ def main() -> None:
             burst = bursts(c, units["burst"], args.rounds)
             stages = profile(c, args.against)
             memory = footprint(c)
+            c.systemctl("stop", "unlocker.service")
+            with tempfile.TemporaryDirectory() as tmp:
+                unlock = unlock_times(c, args.unlock_against, args.unlock_runs, Path(tmp))
     finally:
         layer.remove()
 
@@ -349,6 +457,7 @@ def main() -> None:
         "burst_ratio_vs_file": {t: float(b["median_s"]) / file_s for t, b in burst.items()},  # type: ignore[arg-type]
         "delivery_stages_us": stages,
         "rss": memory,
+        "unlock": unlock, "unlock_against": args.unlock_against, "unlock_runs": args.unlock_runs,
         "runs": args.runs, "rounds": args.rounds, "burst_units": BURST,
     }
     if args.json:
@@ -375,6 +484,7 @@ def main() -> None:
         previous = mib
     print(f"serving only (the first {len(SERVING)} groups): {memory['serving_only_mib']:.1f} MiB; the least a "
           f"server could import ({', '.join(str(label) for label, _ in LEAN)}): {memory['lean_serving_mib']:.1f} MiB")
+    print_unlock(unlock, args.unlock_against, args.unlock_runs)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import os
 import resource
 import sys
 
+_PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _SYS_MEMFD_SECRET = 447  # x86_64 and aarch64
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -77,6 +78,12 @@ def harden_process() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def die_with_parent(sig: int) -> None:
+    """Have the kernel send `sig` to this process when the thread that started it ends."""
+    if _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
 class SecretMemory:
     """A fixed-size region that is never swapped or dumped.
 
@@ -91,6 +98,7 @@ class SecretMemory:
         self.size = size
         self.kind = "memfd_secret"
         self.fd: int | None = None
+        self.writable = True
         fd = _libc.syscall(_SYS_MEMFD_SECRET, 0)
         if fd >= 0:
             try:
@@ -113,27 +121,35 @@ class SecretMemory:
         self.view = memoryview(self._map)
 
     @classmethod
-    def adopt(cls, fd: int) -> SecretMemory:
-        """Map a memfd_secret descriptor this process received (from systemd's fd store); the region
-        owns it from then on. Raises ValueError, and closes it, when it is not a memfd_secret file."""
+    def adopt(cls, fd: int, writable: bool = True) -> SecretMemory:
+        """Map a memfd_secret descriptor this process received (from systemd's fd store, or from the unlock
+        child); the region owns it from then on. Raises ValueError, and closes it, when it is not a
+        memfd_secret file. A read-only region (`writable=False`) is mapped PROT_READ and its descriptor
+        closed at once: nothing here can write the keys, and nothing is left for pidfd_getfd to take. It is
+        not wiped at close, and need not be: the kernel zeroes secretmem pages when they are freed, which is
+        when the last mapping goes (the sender has closed its descriptor)."""
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
             size = os.fstat(fd).st_size
             if not target.startswith("/secretmem") or size == 0:
                 raise ValueError(f"descriptor {fd} is {target!r} of {size} bytes, not a memfd_secret region")
             region = cls.__new__(cls)
-            region._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+            region._map = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
         except BaseException:
             os.close(fd)
             raise
-        region.size, region.kind, region.fd = size, "memfd_secret", fd
+        if not writable:
+            os.close(fd)
+        region.size, region.kind, region.fd = size, "memfd_secret", fd if writable else None
+        region.writable = writable
         region.view = memoryview(region._map)
         return region
 
     def close(self, wipe_contents: bool = True) -> None:
         """Unmap and close. A memfd_secret region held elsewhere too (systemd's fd store) keeps its
         contents when `wipe_contents` is False: that is how a restart finds them."""
-        if wipe_contents:
+        if wipe_contents and self.writable:
             wipe(self._map)
         self.view.release()
         self._map.close()

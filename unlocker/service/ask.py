@@ -11,18 +11,14 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
-from dataclasses import dataclass
 
 from unlocker.errors import InvalidInput, UnlockerError
 from unlocker.memory import wipe
 from unlocker.run import ENV, log
 from unlocker.secret_input import read_secret_fd
+from unlocker.service.options import AskOptions
 
-
-@dataclass(frozen=True)
-class AskOptions:
-    cached_keyname: str | None = None  # first try the initrd's cached passphrase under this name (read only)
-    timeout_s: int = 0  # 0: wait for ever
+__all__ = ["AskOptions", "Cancelled", "Withdrawn", "ask", "prompt_message"]
 
 
 class Cancelled(UnlockerError):

@@ -6,174 +6,49 @@ request on the control socket prompts again without a restart.
 
 A restart (a crash under `Restart=on-abnormal`, `systemctl restart`, a package upgrade) does not prompt:
 the store key waits in systemd's fd store (fdstore.py), and the keystore is opened with it again.
+
+Privilege separation (docs/THREAT-MODEL.md): the prompt, the TPM, Tang, Argon2id happen in a short-lived
+unlock child (unlock_child.py, started by spawn.py), which hands over the keys in a region of secret memory
+and exits. This long-running process never holds a passphrase and never loads tpm2-pytss, pycryptodome or
+the CLI: serve() execs a fresh interpreter that imports only what serving needs (about 10 MiB less).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
 import signal
-import threading
+import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 from systemd import daemon
 
-from unlocker.clevis.http import Timeouts
-from unlocker.errors import UnlockerError, WrongSecret
+from unlocker.errors import UnlockerError
 from unlocker.keystore import storage
 from unlocker.keystore.fileformat import FormatError
-from unlocker.keystore.slots import Secrets
-from unlocker.keystore.unlock import Unlocked, unattended_slots, with_store_key
-from unlocker.memory import harden_process, wipe
+from unlocker.keystore.unlock import Unlocked, with_store_key
+from unlocker.memory import harden_process, scrub_freed_memory, wipe
 from unlocker.run import log
-from unlocker.secret_input import read_secret_file
-from unlocker.service import ask, audit, cached_passphrase
+from unlocker.service import audit
 from unlocker.service.broker import CONTROL_BACKLOG, Broker, handle_control, listen, raise_descriptor_limit
 from unlocker.service.fdstore import FdStore
 from unlocker.service.keyring import Keyring
-from unlocker.service.quorum_prompt import SHARE_TIMEOUT_S, QuorumAtPrompt
-from unlocker.service.unattended import Backoff, Unattended
+from unlocker.service.options import ServeOptions, configure_logging
+from unlocker.service.spawn import UnlockChild
+
+__all__ = ["ServeOptions", "serve"]
 
 
-@dataclass(frozen=True)
-class ServeOptions:
-    keystore: Path
-    run_dir: Path
-    tcti: str | None
-    tries: int = 3
-    ask: ask.AskOptions = field(default_factory=ask.AskOptions)
-    passphrase_file: str | None = None  # for tests and scripted demos; the prompt is the normal path
-    network: Timeouts = field(default_factory=Timeouts)
-    backoff: Backoff = field(default_factory=Backoff)
-    # How long the unattended slots' first try may hold the prompt back: long enough that a Tang server
-    # that answers spares the prompt altogether, short enough that a silent one does not delay a person.
-    grace_s: float = 1.0
+class Stopped(Exception):
+    """SIGTERM while the unlock child was asking: it was stopped, and so is the broker."""
 
 
 def notify(status: str, ready: bool = False) -> None:
     daemon.notify(("READY=1\n" if ready else "") + f"STATUS={status}")
-
-
-def _unlock_from_cache(options: ServeOptions) -> Unlocked | None:
-    """The passphrase the initrd cached (the last entry, tried once: a wrong one costs a TPM try on a
-    tpm2+passphrase slot). None, and the prompt follows, when there is none or it does not open."""
-    keyname = options.ask.cached_keyname
-    if keyname is None:
-        return None
-    passphrase = cached_passphrase.read_cached(keyname)
-    if passphrase is None:
-        return None
-    try:
-        return storage.open_from(options.keystore, storage.read(options.keystore),
-                                 Secrets(passphrase, options.tcti, options.network))
-    except WrongSecret:
-        log.warning("the passphrase cached under %r does not open the keystore; asking", keyname)
-        return None
-    finally:
-        wipe(passphrase)
-
-
-def unlock_interactively(options: ServeOptions) -> tuple[Unlocked, str]:
-    """Unlock, and say how: through an unattended slot (tpm2, clevis, clevis+tpm2: the slot type), from
-    the initrd's cached passphrase, or at the prompt, asking at most `tries` times. The unattended slots
-    keep being tried, with back-off, while the prompt is up; the first to open withdraws the prompt.
-    Stops at once on a TPM lockout: every further guess would only extend it."""
-    keystore = storage.read(options.keystore)
-    race = None
-    withdraw = threading.Event()
-    if unattended_slots(keystore):
-        race = Unattended(options.keystore, options.tcti, options.network, options.backoff, withdraw).start()
-        notify("trying the unattended slots")
-        race.first_round.wait(options.grace_s)
-    try:
-        won = race.claim() if race is not None else None
-        if won is not None:
-            return won
-        opened = _unlock_from_cache(options)
-        if opened is not None:
-            return opened, "cached passphrase"
-        return _prompt(options, race, withdraw)
-    finally:
-        if race is not None:
-            race.discard()  # a slot that opened too late is wiped, not left in memory
-
-
-def _prompt(options: ServeOptions, race: Unattended | None, withdraw: threading.Event) -> tuple[Unlocked, str]:
-    quorum = QuorumAtPrompt(storage.read(options.keystore))
-    try:
-        return _ask_until_open(options, race, withdraw, quorum)
-    finally:
-        quorum.reset()
-
-
-def _ask(options: ServeOptions, race: Unattended | None, withdraw: threading.Event, message: str,
-         question_id: str = "unlocker:keystore", timeout_s: int | None = None) -> bytearray | tuple[Unlocked, str]:
-    """What was typed, or what won the race while the question was up."""
-    try:
-        return ask.ask(message, options.ask, withdraw, question_id, timeout_s)
-    except ask.Withdrawn:
-        won = race.claim() if race is not None else None
-        if won is None:
-            raise
-        log.warning("the prompt was withdrawn: slot %d (%s) opened", won[0].slot_index, won[1])
-        return won
-
-
-def _ask_until_open(options: ServeOptions, race: Unattended | None, withdraw: threading.Event,
-                    quorum: QuorumAtPrompt) -> tuple[Unlocked, str]:
-    attempt = 1
-    while attempt <= options.tries:
-        won = race.claim() if race is not None else None
-        if won is not None:
-            return won
-        if quorum.collecting:
-            question_id, message = quorum.question()
-            notify(f"waiting for quorum shares ({message})")
-            try:
-                answer = _ask(options, race, withdraw, message, question_id, SHARE_TIMEOUT_S)
-            except ask.Cancelled as e:
-                log.warning("quorum: %s; the shares given so far are dropped", e)
-                quorum.reset()
-                continue
-            if isinstance(answer, tuple):
-                return answer
-            if not quorum.wants(answer):
-                wipe(answer)
-                quorum.refused = "that is not a quorum share"
-                continue
-            opened = quorum.offer(answer)
-            if opened is not None:
-                return opened, "quorum"
-            continue
-        notify(f"waiting for the passphrase (attempt {attempt} of {options.tries})"
-               + ("; still trying the unattended slots" if race is not None else ""))
-        if options.passphrase_file is not None:
-            passphrase = read_secret_file(options.passphrase_file)
-        else:
-            answer = _ask(options, race, withdraw, ask.prompt_message(attempt, options.tries))
-            if isinstance(answer, tuple):
-                return answer
-            passphrase = answer
-        if quorum.wants(passphrase):  # the first share, typed at the passphrase prompt
-            opened = quorum.offer(passphrase)
-            if opened is not None:
-                return opened, "quorum"
-            if options.passphrase_file is not None:
-                break
-            continue
-        try:
-            opened = storage.open_from(options.keystore, storage.read(options.keystore),
-                                       Secrets(passphrase, options.tcti, options.network))
-            return opened, "passphrase file" if options.passphrase_file is not None else "prompt"
-        except WrongSecret:
-            log.warning("wrong passphrase (attempt %d of %d)", attempt, options.tries)
-        finally:
-            wipe(passphrase)
-        if options.passphrase_file is not None:
-            break
-        attempt += 1
-    raise WrongSecret(f"no keyslot opened after {options.tries} attempt(s); restart unlocker.service to try again")
 
 
 def restore(options: ServeOptions, fd_store: FdStore) -> Unlocked | None:
@@ -213,18 +88,28 @@ async def _serve(options: ServeOptions) -> None:
     control = await listen(options.run_dir / "control.sock",
                            lambda r, w: handle_control(broker, r, w), mode=0o600, backlog=CONTROL_BACKLOG)
     unlocking = asyncio.Lock()
+    stop = asyncio.Event()
 
     async def unlock() -> dict[str, object]:
         if unlocking.locked():
             return {"ok": False, "error": "an unlock is already waiting for the passphrase"}
         async with unlocking:
-            opened, source = await loop.run_in_executor(None, unlock_interactively, options)
-            try:
-                keyring.load(opened)
-            finally:
-                opened.close()
+            child = UnlockChild(options, notify)  # from this thread: the child dies with it
+            waiting = asyncio.ensure_future(loop.run_in_executor(None, child.result))
+            stopping = asyncio.ensure_future(stop.wait())
+            either: list[asyncio.Future[Any]] = [waiting, stopping]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if stop.is_set():
+                child.stop()
+                with contextlib.suppress(UnlockerError):
+                    (await waiting).region.close()  # opened just as the SIGTERM came: dropped
+                raise Stopped
+            handed = waiting.result()
+            keyring.take(handed.region, handed.entries, handed.generation)
+            source = handed.source
             broker.state_since, broker.unlocked_by = time.time(), source
-            audit.state_changed("unlocked", f"keystore generation {keyring.generation} via slot {opened.slot_index} "
+            audit.state_changed("unlocked", f"keystore generation {keyring.generation} via slot {handed.slot_index} "
                                 f"({source})", source=source)
             notify(f"unlocked (keystore generation {keyring.generation}); serving credentials")
             return {"ok": True, "state": "unlocked", "generation": keyring.generation}
@@ -260,7 +145,6 @@ async def _serve(options: ServeOptions) -> None:
 
     broker.control_handlers["unlock"] = control_unlock
     broker.control_handlers["reload"] = control_reload
-    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -268,6 +152,8 @@ async def _serve(options: ServeOptions) -> None:
             await unlock()
         daemon.notify("READY=1")
         await stop.wait()
+    except Stopped:
+        log.warning("stopped while the keystore was still locked")
     finally:
         keyring.close()  # SIGTERM is a stop or a restart: the fd store is systemd's to keep or release
         credentials.close()
@@ -276,6 +162,30 @@ async def _serve(options: ServeOptions) -> None:
 
 
 def serve(options: ServeOptions) -> None:
+    """Called by the CLI: exec a fresh interpreter that imports only what serving needs (main below), so
+    that the long-running broker carries neither typer nor anything the CLI pulled in. The pid stays the
+    same, and with it systemd's MainPID, LISTEN_PID and the fd store's descriptors."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        options = dataclasses.replace(options, debug=True)
+    argv = [sys.executable, "-m", "unlocker.service.serve", options.to_json()]
+    os.execv(sys.executable, argv)  # noqa: S606
+
+
+def main() -> None:
+    """`python -m unlocker.service.serve OPTIONS`: the broker. Errors end it as the CLI would (cli/main.py)."""
+    scrub_freed_memory()
     harden_process()
+    options = ServeOptions.from_json(sys.argv[1])
+    configure_logging(options.debug)
     raise_descriptor_limit()
-    asyncio.run(_serve(options))
+    try:
+        asyncio.run(_serve(options))
+    except UnlockerError as e:
+        print(f"unlocker: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

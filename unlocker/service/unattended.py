@@ -8,7 +8,6 @@ would change nothing, and a TPM's lockout must never be driven by a loop.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from unlocker.clevis.http import Timeouts
@@ -19,13 +18,7 @@ from unlocker.keystore.fileformat import FormatError
 from unlocker.keystore.slots import Secrets, slot_type
 from unlocker.keystore.unlock import Unlocked, open_keystore, unattended_slots
 from unlocker.run import log
-
-
-@dataclass(frozen=True)
-class Backoff:
-    first: float = 1.0  # seconds before the first retry
-    most: float = 30.0  # the longest wait between two rounds
-
+from unlocker.service.options import Backoff
 
 DEFAULT_BACKOFF = Backoff()
 
