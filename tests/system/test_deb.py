@@ -149,6 +149,17 @@ def installed(rootfs, deb):
         yield c
 
 
+@pytest.mark.parametrize(("section", "words"), [("8", ["doctor", "EXIT STATUS", "FILES"]), ("5", ["keystore"])])
+def test_man_unlocker_works_on_the_installed_machine(installed, section, words):
+    """What an administrator types after `apt-get install`: man finds the package's page by name."""
+    c = installed
+    p = c.run(["env", "MANWIDTH=80", "man", "-P", "cat", section, "unlocker"])
+    text = p.stdout.decode()
+    assert text.lstrip().startswith(f"UNLOCKER({section})"), text[:200]
+    for word in words:
+        assert word in text, word
+
+
 def test_the_machine_has_no_compiler_and_no_checkout(installed):
     c = installed
     for tool in ("gcc", "cc", "pip", "pip3"):
