@@ -280,3 +280,28 @@ def test_an_unexpected_error_in_a_request_is_a_refusal_never_a_bare_close(broker
             server.close()
 
     assert len(asyncio.run(ask())) == DENIAL_BYTES
+
+
+def test_a_refusal_to_a_slow_reader_is_sent_whole_never_cut_short(broker, monkeypatch):
+    """A refusal cut short and closed would give systemd a partial credential of zeros: not empty, so the
+    drop-in's `test -s` passes and the unit starts. However long the peer takes to read, it gets all of
+    it. (The old 10 s limit is set to 0.1 s here: with it, this test fails.)"""
+    from unlocker.service.broker import DENIAL_BYTES
+
+    monkeypatch.setattr("unlocker.service.broker.SEND_TIMEOUT_S", 0.1)
+    broker.grants_file.write_text("granted.service dek raw\n")
+    client, server = _connect_pair(Request("other.service", "dek"))  # no grant: refused
+
+    async def refuse_while_the_peer_waits() -> bytes:
+        rest = broker.answer(server)
+        assert rest is not None  # more than the socket buffer holds
+        sending = asyncio.ensure_future(rest)
+        await asyncio.sleep(0.5)  # the peer does not read for five times the old limit
+        read = asyncio.get_running_loop().run_in_executor(None, functools.partial(_read_all, client))
+        await sending
+        server.close()
+        return await read
+
+    with client, server:
+        data = asyncio.run(refuse_while_the_peer_waits())
+    assert len(data) == DENIAL_BYTES and not any(data)

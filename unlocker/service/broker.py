@@ -153,9 +153,13 @@ def _refuse(sock: socket.socket) -> Awaitable[None] | None:
 
 
 async def _send_rest(sock: socket.socket, data: bytes, sent: int) -> None:
-    """The rest of a refusal, for at most SEND_TIMEOUT_S (a peer that never reads is dropped), then EOF."""
-    with contextlib.suppress(OSError, TimeoutError):
-        await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(sock, memoryview(data)[sent:]), SEND_TIMEOUT_S)
+    """The rest of a refusal, then EOF. No time limit: a refusal cut short and closed would leave systemd a
+    partial credential of zeros, which is not empty, passes the drop-in's `test -s`, and starts the unit.
+    So a refusal ends only when all of it was read or the peer is gone (its send fails: systemd's executor
+    was killed, a client exited). A client that connects and never reads holds one descriptor until it
+    exits; only root can connect."""
+    with contextlib.suppress(OSError):
+        await asyncio.get_running_loop().sock_sendall(sock, memoryview(data)[sent:])
         _end(sock)
 
 
