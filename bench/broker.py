@@ -39,7 +39,7 @@ from conftest import FAST  # noqa: E402
 from swtpm_fixture import running_swtpm  # noqa: E402
 
 from tests.system.container import Container, Layer  # noqa: E402
-from tests.system.helpers import PASSPHRASE, expected, setup, start_broker  # noqa: E402
+from tests.system.helpers import PASSPHRASE, expected, rss_by_mapping, setup, start_broker  # noqa: E402
 from unlocker.keystore import changes, storage  # noqa: E402
 from unlocker.keystore.slots import Secrets  # noqa: E402
 
@@ -275,24 +275,6 @@ def bursts(c: Container, templates: list[str], rounds: int) -> dict[str, dict[st
                 "units_per_s": BURST / statistics.median(seconds[t]), "failed": failed[t]} for t in templates}
 
 
-# Runs in the container: the broker's Rss by mapping, grouped (anonymous memory, the interpreter, each
-# site-packages distribution's shared objects, other libraries), the largest first.
-SMAPS = r"""
-import collections, json, re, sys
-groups = collections.Counter()
-name = "?"
-for line in open(f"/proc/{sys.argv[1]}/smaps"):
-    fields = line.split()
-    if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
-        path = fields[5] if len(fields) > 5 else "[anonymous]"
-        m = re.search(r"site-packages/([^/]+)", path)
-        name = m.group(1).split(".")[0] if m else path.rsplit("/", 1)[-1].split(".so")[0]
-    elif fields[0] == "Rss:":
-        groups[name] += int(fields[1])
-print(json.dumps([[k, v] for k, v in groups.most_common() if v >= 64]))
-"""
-
-
 def footprint(c: Container) -> dict[str, object]:
     pid = c.show("unlocker.service", "MainPID")["MainPID"]
     status = dict(line.split(":", 1) for line in c.read(f"/proc/{pid}/status").decode().splitlines())
@@ -302,7 +284,7 @@ def footprint(c: Container) -> dict[str, object]:
     python = "/opt/unlocker/bin/python"
     serving = json.loads(c.run([python, "-c", IMPORTS, json.dumps(SERVING)]).stdout)
     everything = json.loads(c.run([python, "-c", IMPORTS, json.dumps(SERVING + UNLOCKING)]).stdout)
-    by_mapping = json.loads(c.run(["python3", "-c", SMAPS, pid]).stdout)
+    by_mapping = rss_by_mapping(c, pid)
     lean = json.loads(c.run([python, "-c", IMPORTS, json.dumps(LEAN)]).stdout)
     return {"broker_kib": kib, "broker_mib": kib["VmRSS"] / 1024, "broker_by_mapping_kib": by_mapping,
             "serving_only_mib": serving[-1][1], "lean_serving_mib": lean[-1][1], "lean_imports_mib": lean,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from unlocker.client.formats import Format, KeyVersion, render
@@ -85,3 +86,26 @@ def run_consumer(c: Container, unit: str) -> tuple[bool, str]:
 
 def failed_at_credentials(c: Container, unit: str) -> bool:
     return "243/CREDENTIALS" in journal(c, unit)
+
+
+# Runs in the container: a process's Rss by mapping, grouped (anonymous memory, the interpreter, each
+# site-packages distribution's shared objects, other libraries), the largest first, as JSON.
+SMAPS = r"""
+import collections, json, re, sys
+groups = collections.Counter()
+name = "?"
+for line in open(f"/proc/{sys.argv[1]}/smaps"):
+    fields = line.split()
+    if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+        path = fields[5] if len(fields) > 5 else "[anonymous]"
+        m = re.search(r"site-packages/([^/]+)", path)
+        name = m.group(1).split(".")[0] if m else path.rsplit("/", 1)[-1].split(".so")[0]
+    elif fields[0] == "Rss:":
+        groups[name] += int(fields[1])
+print(json.dumps([[k, v] for k, v in groups.most_common() if v >= 64]))
+"""
+
+
+def rss_by_mapping(c: Container, pid: str) -> list[list]:
+    """[[group, KiB], ...] of the process pid in the container, largest first (SMAPS)."""
+    return json.loads(c.run(["python3", "-c", SMAPS, pid]).stdout)

@@ -13,7 +13,7 @@ from conftest import FAST
 from unlocker.keystore import changes, storage
 from unlocker.keystore.slots import Secrets
 
-from .helpers import PASSPHRASE, journal, setup, start_broker, wait_active
+from .helpers import PASSPHRASE, journal, rss_by_mapping, setup, start_broker, wait_active
 
 pytestmark = pytest.mark.system
 
@@ -32,22 +32,6 @@ def _tpm2_keystore(c, swtpm, tmp_path) -> None:
     for path in (KEYSTORE, f"{KEYSTORE}.bak"):
         c.write_file(path, (tmp_path / "keystore").read_bytes(), mode=0o600)
     c.write_file("/etc/unlocker/unlocker.conf", f"[tpm2]\ndevice = {swtpm.tcti}\n")
-
-
-# The broker's Rss by mapping, grouped as bench/broker.py does, for a failure's message.
-SMAPS = r"""
-import collections, re, sys
-groups, name = collections.Counter(), "?"
-for line in open(f"/proc/{sys.argv[1]}/smaps"):
-    fields = line.split()
-    if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
-        path = fields[5] if len(fields) > 5 else "[anonymous]"
-        m = re.search(r"site-packages/([^/]+)", path)
-        name = m.group(1).split(".")[0] if m else path.rsplit("/", 1)[-1].split(".so")[0]
-    elif fields[0] == "Rss:":
-        groups[name] += int(fields[1])
-print([[k, v] for k, v in groups.most_common() if v >= 64])
-"""
 
 
 def _broker_pid(c) -> str:
@@ -74,7 +58,7 @@ def test_after_a_tpm2_and_passphrase_unlock_the_broker_never_held_either(contain
     assert _unit_pids(c) == [pid]  # the unlock child is gone
     # Before the scans below: reading /proc/<pid>/mem faults every readable page into the broker's RSS.
     rss = _vm_rss_kib(c, pid)
-    assert rss <= 40 * 1024, (rss, c.run(["python3", "-c", SMAPS, pid]).stdout.decode())
+    assert rss <= 40 * 1024, (rss, rss_by_mapping(c, pid))
     maps = c.run(["cat", f"/proc/{pid}/maps"]).stdout.decode()
     assert [m for m in HEAVY_MAPPINGS if m in maps] == [], maps
     assert c.run(["python3", "-c", SCAN, pid], input=PASSPHRASE).stdout.decode().strip() == "[]"
