@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 
 import pytest
 
@@ -161,3 +162,36 @@ def test_only_the_canonical_encoding_of_a_body_decrypts(plaintext):
         else:
             with pytest.raises(KeyringError, match="does not decrypt here"):
                 ring.decrypt(f"{head}:{variant}", VECTOR_AAD)
+
+
+def test_every_truncation_of_a_token_is_too_short_whether_or_not_the_key_is_known():
+    # decrypt leaves the length to AESGCM's refusal (a short nonce or no room for the tag): every
+    # length it may be handed must still read as too short, and nothing else.
+    ring = Keyring(VECTOR_KEYS, 7)
+    known = ring.encrypt_bytes(b"", VECTOR_AAD)
+    for token in (known, (3).to_bytes(4, "big") + known[4:]):
+        for n in range(len(token)):
+            with pytest.raises(KeyringError, match=r"^token too short$"):
+                ring.decrypt_bytes(token[:n], VECTOR_AAD)
+    sealed = base64.b64decode(ring.encrypt(b"", VECTOR_AAD).split(":")[2])
+    for key_id in (7, 3):
+        for n in range(len(sealed)):
+            with pytest.raises(KeyringError, match=r"^token too short$"):
+                ring.decrypt(f"uk1:{key_id}:{base64.b64encode(sealed[:n]).decode()}", VECTOR_AAD)
+
+
+_ZEROS = base64.b64encode(bytes(28)).decode()  # ends "AA==": a 'B' before the padding is non-canonical
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("!!" + _ZEROS[2:], "malformed token"),
+    ("AA==" + _ZEROS, "malformed token"),  # padding before the end
+    (_ZEROS[:4] + ":" + _ZEROS[4:], "malformed token"),  # base64 has no ':'
+    (_ZEROS[:-3] + "B==", "malformed token (non-canonical base64)"),
+    (_ZEROS[:-3] + "A==", None),
+])
+def test_a_body_is_checked_alike_whether_or_not_the_key_is_known(body, message):
+    ring = Keyring(VECTOR_KEYS, 7)
+    for key_id, last in ((7, "does not decrypt here"), (3, "key 3 is not in this keyring")):
+        with pytest.raises(KeyringError, match=f"^{re.escape(message)}$" if message else last):
+            ring.decrypt(f"uk1:{key_id}:{body}", VECTOR_AAD)
