@@ -46,7 +46,7 @@ Description=a service that asks for the key without a grant
 
 [Service]
 Type=oneshot
-LoadCredential=dek:/run/unlocker/credentials.sock
+LoadCredentialEncrypted=dek:/run/unlocker/sealed-credentials.sock
 ExecStart=/bin/cat ${CREDENTIALS_DIRECTORY}/dek
 """
 

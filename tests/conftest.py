@@ -16,12 +16,26 @@ from tang_fixture import silent_server, tang_servers  # noqa: F401  (fixtures)
 from unlocker.keystore import changes, storage
 from unlocker.keystore.kdf import Argon2Params
 from unlocker.keystore.slots import EnrollOptions, Secrets
+from unlocker.service.sealed import app_specific_machine_id
 
 ROOT = Path(__file__).resolve().parent.parent
 UNLOCKER = [sys.executable, "-m", "unlocker"]
 
 # Argon2id at its floor: the tests exercise the format and the logic, not the cost.
 FAST = EnrollOptions(argon2=Argon2Params(8192, 1))
+
+
+# A machine id and the host secret systemd would make for it (unlocker/service/sealed.py).
+MACHINE_ID = bytes.fromhex("16982e9391134214bad36f30a6301f0d")
+
+
+def host_secret(directory: Path, machine_id: bytes = MACHINE_ID, mode: int = 0o400) -> tuple[Path, Path]:
+    """A host secret as `systemd-creds setup` writes it, and the machine id file it belongs to."""
+    (directory / "machine-id").write_text(machine_id.hex() + "\n")
+    secret = directory / "credential.secret"
+    secret.write_bytes(app_specific_machine_id(machine_id) + os.urandom(4096))
+    secret.chmod(mode)
+    return secret, directory / "machine-id"
 
 
 @dataclass

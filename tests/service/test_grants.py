@@ -115,14 +115,14 @@ def test_names_that_overflow_systemds_address_are_refused():
     grants.check("a" * 60 + ".service", "dek")
 
 
-def test_dropin_requires_the_broker_and_refuses_an_empty_credential(tmp_path):
+def test_dropin_wants_the_broker_and_asks_for_a_sealed_credential(tmp_path):
     g = grants.Grant("app.service", "dek", Format.json)
     path = grants.write_dropin(g, tmp_path)
     assert path == tmp_path / "app.service.d" / "50-unlocker-dek.conf"
     text = path.read_text()
     assert "Wants=unlocker.service\nAfter=unlocker.service\n" in text
-    assert "LoadCredential=dek:/run/unlocker/credentials.sock\n" in text
-    assert "ExecStartPre=/usr/bin/test -s %d/dek\n" in text
+    assert "LoadCredentialEncrypted=dek:/run/unlocker/sealed-credentials.sock\n" in text
+    assert "ExecStartPre" not in text  # systemd's decryption fails an empty credential: no check command
     grants.remove_dropin(g, tmp_path)
     assert not (tmp_path / "app.service.d").exists()
 
@@ -170,4 +170,4 @@ def test_a_dropin_is_written_crash_safe(tmp_path, monkeypatch):
     path = grants.write_dropin(g, tmp_path)
     path.write_text("# an older drop-in\n")
     _written_like_the_keystore(path, lambda: grants.write_dropin(g, tmp_path), monkeypatch)
-    assert "LoadCredential=dek:" in path.read_text()
+    assert "LoadCredentialEncrypted=dek:" in path.read_text()

@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from unlocker.service import health
+from unlocker.client.formats import Format
+from unlocker.service import grants, health
 from unlocker.service.health import Check, Verdict
 
 W, E, OK = Verdict.warning, Verdict.error, Verdict.ok
@@ -94,8 +95,9 @@ def test_pcr_mismatch_is_an_error_that_says_rotate_tpm2():
     assert health.tpm_slot_pcrs(1, (7,), None, "the TPM rejects it").verdict == E
 
 
+DROPIN = grants.dropin(grants.Grant("db.service", "dek", Format.raw))
 GOOD = health.GrantFacts("db.service", "dek", "/etc/systemd/system/db.service.d/50-unlocker-dek.conf",
-                         "TEXT", "TEXT", "loaded")
+                         DROPIN, DROPIN, "loaded")
 
 
 def test_a_grant_with_its_drop_in_and_unit():
@@ -105,8 +107,22 @@ def test_a_grant_with_its_drop_in_and_unit():
 def test_a_grant_without_drop_in_is_an_error_and_a_changed_one_a_warning():
     (missing,) = health.grant(replace(GOOD, dropin_text=None))
     assert missing.verdict == E and missing.fix.startswith("unlocker grant db.service --credential dek")
-    (changed,) = health.grant(replace(GOOD, dropin_text="edited"))
+    (changed,) = health.grant(replace(GOOD, dropin_text=DROPIN + "Environment=A=1\n"))
     assert changed.verdict == W
+
+
+def test_a_drop_in_from_before_sealed_deliveries_is_an_error_because_the_unit_cannot_start():
+    old = ("[Unit]\nWants=unlocker.service\nAfter=unlocker.service\n\n[Service]\n"
+           "LoadCredential=dek:/run/unlocker/credentials.sock\nExecStartPre=/usr/bin/test -s %d/dek\n")
+    (check,) = health.grant(replace(GOOD, dropin_text=old))
+    assert check.verdict == E and "fails at CREDENTIALS" in check.message
+    assert check.fix.startswith("unlocker grant db.service --credential dek")
+
+
+def test_a_missing_host_secret_is_an_error_naming_its_fix():
+    c = health.host_secret("systemd's credential secret /var/lib/systemd/credential.secret does not exist")
+    assert c.verdict == E and c.fix == "systemd-creds setup"
+    assert health.host_secret(None).verdict == OK
 
 
 def test_a_grant_for_a_unit_that_does_not_exist():

@@ -20,10 +20,10 @@ def machine(module_container):
     c = module_container
     setup(c, [("granted.service", "dek", "hex"), ("dynamic.service", "dek", "json")])
     consumer(c, "dynamic.service", user="DynamicUser=yes")
-    # Asks for the key itself (LoadCredential= in its own unit file), without a grant.
-    consumer(c, "ungranted.service", extra="LoadCredential=dek:/run/unlocker/credentials.sock")
+    # Asks for the key itself (LoadCredentialEncrypted= in its own unit file), without a grant.
+    consumer(c, "ungranted.service", extra="LoadCredentialEncrypted=dek:/run/unlocker/sealed-credentials.sock")
     consumer(c, "other-id.service", credential="other",
-             extra="LoadCredential=other:/run/unlocker/credentials.sock")
+             extra="LoadCredentialEncrypted=other:/run/unlocker/sealed-credentials.sock")
     c.run(["unlocker", "grant", "other-id.service", "--credential", "dek", "--format", "raw"])
     c.systemctl("daemon-reload")
     start_broker(c)
@@ -88,7 +88,7 @@ print(len(data), data.strip(b"\0") == b"")
 
 
 def test_nobody_with_a_forged_name_cannot_even_connect(machine):
-    for sock in ("/run/unlocker/credentials.sock", "/run/unlocker/control.sock"):
+    for sock in ("/run/unlocker/sealed-credentials.sock", "/run/unlocker/control.sock"):
         p = machine.run(["systemd-run", "--wait", "--pipe", "-q", "-p", "User=nobody",
                          "python3", "-c", FORGER, sock])
         assert p.stdout.decode().strip() == "permission denied"
@@ -96,16 +96,16 @@ def test_nobody_with_a_forged_name_cannot_even_connect(machine):
 
 def test_root_in_another_units_cgroup_claiming_a_granted_unit_gets_no_key(machine):
     p = machine.run(["systemd-run", "--wait", "--pipe", "-q", "--unit=evil.service",
-                     "python3", "-c", FORGER, "/run/unlocker/credentials.sock"])
-    # Over systemd's 1 MiB limit and all zeros: a unit would fail at CREDENTIALS; a forger learns nothing.
-    assert p.stdout.decode().split() == ["1048577", "True"]
+                     "python3", "-c", FORGER, "/run/unlocker/sealed-credentials.sock"])
+    # Nothing at all: a unit would fail at CREDENTIALS (an empty reply does not decrypt); a forger learns nothing.
+    assert p.stdout.decode().split() == ["0", "True"]
     assert "denied credential dek to granted.service: peer is not in the cgroup of granted.service" in \
         journal(machine, None, f"MESSAGE_ID={audit.DENIED}")
 
 
 def test_root_outside_any_unit_gets_no_key(machine):
-    p = machine.run(["python3", "-c", FORGER, "/run/unlocker/credentials.sock"])
-    assert p.stdout.decode().split() == ["1048577", "True"]
+    p = machine.run(["python3", "-c", FORGER, "/run/unlocker/sealed-credentials.sock"])
+    assert p.stdout.decode().split() == ["0", "True"]
 
 
 def test_status_over_the_control_socket(machine):
@@ -132,7 +132,7 @@ def test_broker_memory_holds_no_passphrase(machine):
 STUCK = r"""
 import socket, time
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.connect("/run/unlocker/credentials.sock")
+s.connect("/run/unlocker/sealed-credentials.sock")
 print("connected", flush=True)
 time.sleep(60)  # never reads
 """
@@ -160,7 +160,7 @@ StandardOutput=truncate:/var/log/%n.out
 
 def test_revoke_removes_the_grant_and_the_dropin_without_a_broker_restart(machine):
     c = machine
-    consumer(c, "revoked.service", extra="LoadCredential=dek:/run/unlocker/credentials.sock")
+    consumer(c, "revoked.service", extra="LoadCredentialEncrypted=dek:/run/unlocker/sealed-credentials.sock")
     c.run(["unlocker", "grant", "revoked.service", "--format", "hex"])
     assert run_consumer(c, "revoked.service")[0]
     r = c.run(["unlocker", "revoke", "revoked.service"])
@@ -181,7 +181,7 @@ def test_a_peer_that_exits_before_the_check_is_refused(machine):
     pid = c.show("unlocker.service", "MainPID")["MainPID"]
     connect_and_exit = ('import socket; s = socket.socket(socket.AF_UNIX); '
                         's.bind("\\0" + "0123456789abcdef/unit/granted.service/dek"); '
-                        's.connect("/run/unlocker/credentials.sock")')
+                        's.connect("/run/unlocker/sealed-credentials.sock")')
     c.run(["kill", "-STOP", pid])
     try:
         c.run(["python3", "-c", connect_and_exit])
@@ -255,7 +255,7 @@ except OSError as e:
     print("cgroup", e.errno); sys.exit(0)
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.bind(f"\0{os.urandom(8).hex()}/unit/{unit}/dek")
-s.connect("/run/unlocker/credentials.sock")
+s.connect("/run/unlocker/sealed-credentials.sock")
 data = b""
 while chunk := s.recv(1 << 20):
     data += chunk
@@ -275,9 +275,15 @@ def _join_and_ask(machine, *properties: str) -> str:
 
 def test_root_in_another_unit_that_can_write_cgroupfs_gets_the_key(machine):
     """The limit docs/THREAT-MODEL.md states: the cgroup check cannot tell a process that root moved into
-    the granted unit's cgroup from systemd's own helper. A root service with cgroupfs writable gets the key."""
+    the granted unit's cgroup from systemd's own helper. A root service with cgroupfs writable gets the key
+    (sealed, but root can read the host secret: systemd-creds opens it). Also proves that what the broker
+    seals is systemd's own format, named for the credential id."""
     out = _join_and_ask(machine).split()
-    assert bytes.fromhex(out[2]) == expected(machine, "hex"), out[:2]
+    sealed = bytes.fromhex(out[2])
+    opened = machine.run(["systemd-creds", "decrypt", "--name=dek", "-", "-"], input=sealed).stdout
+    assert opened == expected(machine, "hex"), out[:2]
+    other = machine.run(["systemd-creds", "decrypt", "--name=other", "-", "-"], input=sealed, check=False)
+    assert other.returncode != 0
 
 
 def test_protect_control_groups_keeps_a_root_neighbour_out(machine):
@@ -330,10 +336,10 @@ def test_a_broker_killed_while_requests_wait_fails_them_at_credentials(container
 def test_a_granted_unit_outlives_the_broker_but_cannot_start_without_it(container):
     """The drop-in's Wants= (not Requires=): a running consumer keeps running when the broker stops, and
     a consumer started while no broker serves fails at CREDENTIALS and never runs: systemd 252 fails a
-    LoadCredential= whose socket is gone."""
+    LoadCredentialEncrypted= whose socket is gone."""
     c = container
     setup(c, [("late.service", "dek", "hex")])
-    c.write("/etc/systemd/system/kept.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+    c.write("/etc/systemd/system/kept.service", "[Service]\nType=exec\nExecStart=/bin/sleep infinity\n")
     c.run(["unlocker", "grant", "kept.service", "--format", "raw"])
     start_broker(c)
     c.systemctl("start", "kept.service")
@@ -353,3 +359,23 @@ def test_a_granted_unit_outlives_the_broker_but_cannot_start_without_it(containe
     assert ok, journal(c, "late.service")
     assert bytes.fromhex(report.splitlines()[-1]) == expected(c, "hex")
     assert c.show("kept.service", "MainPID")["MainPID"] == kept
+
+
+def test_without_a_host_secret_units_fail_and_the_next_start_of_the_broker_makes_one(container):
+    """Nothing is stored under systemd's credential secret, so losing it loses no data: while it is missing
+    the broker refuses (the unit fails at CREDENTIALS) and says what fixes it; the broker's unit makes a new
+    one before it starts (ExecStartPre=, systemd-creds setup), and deliveries work again."""
+    c = container
+    setup(c, [("granted.service", "dek", "hex")])
+    start_broker(c)
+    c.run(["rm", "/var/lib/systemd/credential.secret"])
+    ok, report = run_consumer(c, "granted.service")
+    assert not ok and report == "" and failed_at_credentials(c, "granted.service")
+    assert "does not exist: run `systemd-creds setup`" in journal(c, None, f"MESSAGE_ID={audit.DENIED}")
+    c.systemctl("stop", "unlocker.service")
+    start_broker(c)
+    assert c.run(["test", "-s", "/var/lib/systemd/credential.secret"], check=False).returncode == 0
+    ok, report = run_consumer(c, "granted.service")
+    assert ok, journal(c, "granted.service")
+    assert bytes.fromhex(report.splitlines()[2]) == expected(c, "hex")
+    assert "encrypted media" not in journal(c, "unlocker.service")  # setup is quiet when it works

@@ -226,7 +226,7 @@ def test_an_upgrade_while_the_broker_serves_asks_nothing_and_consumers_keep_star
     c = installed
     assert c.show("unlocker.service", "ActiveState")["ActiveState"] == "active"
     # A running consumer (a database, say) must not be restarted by the broker's restart.
-    c.write_file("/etc/systemd/system/long.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+    c.write_file("/etc/systemd/system/long.service", "[Service]\nType=exec\nExecStart=/bin/sleep infinity\n")
     c.run(["unlocker", "grant", "long.service", "--credential", "dek", "--format", "raw"])
     c.systemctl("start", "long.service")
     long_pid = c.show("long.service", "MainPID")["MainPID"]

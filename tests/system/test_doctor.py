@@ -53,7 +53,7 @@ def test_a_healthy_machine_is_all_ok(healthy):
     code, checks = doctor(healthy)
     assert code == 0 and findings(checks) == {}, checks
     for name in ("unit", "keystore.file", "keystore.parse", "keystore.backup", "slots", "tpm", "grants",
-                 "grant.granted.service.dek", "memory", "one-prompt", "broker"):
+                 "host-secret", "grant.granted.service.dek", "memory", "one-prompt", "broker"):
         assert name in checks, sorted(checks)
     # The text form says the same, one line a check.
     text = healthy.run(["unlocker", "doctor"]).stdout.decode()
@@ -80,6 +80,17 @@ FAULTS = {
                               {"grant.granted.service.dek": "error"}, 2),
     "drop-in edited": (f"cp {DROPIN} /root/saved && echo '# mine' >> {DROPIN}", f"cp /root/saved {DROPIN}",
                        {"grant.granted.service.dek": "warning"}, 1),
+    "drop-in of an earlier version": (
+        f"cp {DROPIN} /root/saved && printf '[Service]\\nLoadCredential=dek:/run/unlocker/credentials.sock\\n"
+        f"ExecStartPre=/usr/bin/test -s %%d/dek\\n' > {DROPIN}", f"cp /root/saved {DROPIN}",
+        {"grant.granted.service.dek": "error"}, 2),
+    "host secret missing": ("mv /var/lib/systemd/credential.secret /root/saved",
+                            "mv /root/saved /var/lib/systemd/credential.secret", {"host-secret": "error"}, 2),
+    "host secret of another machine": (
+        "cp -p /var/lib/systemd/credential.secret /root/saved && chmod 600 /var/lib/systemd/credential.secret && "
+        "printf '0123456789abcdef' | dd of=/var/lib/systemd/credential.secret conv=notrunc status=none && "
+        "chmod 400 /var/lib/systemd/credential.secret",
+        "cp -p /root/saved /var/lib/systemd/credential.secret", {"host-secret": "error"}, 2),
     "drop-in without grant": ("mkdir -p /etc/systemd/system/other.service.d && "
                               f"cp {DROPIN} /etc/systemd/system/other.service.d/50-unlocker-key.conf",
                               "rm -r /etc/systemd/system/other.service.d", {"dropin.other.service.key": "error"}, 2),

@@ -1,5 +1,6 @@
-"""The facts of DESIGN.md section 4 about LoadCredential= with a socket, proved on the systemd 252 that this
-machine boots in systemd-nspawn. The broker is built on them; if one changes, these tests say which.
+"""The facts of DESIGN.md section 4 about LoadCredential= and LoadCredentialEncrypted= with a socket, proved on
+the systemd 252 that this machine boots in systemd-nspawn. The broker is built on them; if one changes, these
+tests say which.
 
 A stand-in credential server (SERVER, socket-activated by a transient unit) logs what it learns of each
 connection before it replies; consumers are transient units started with `systemd-run --wait`.
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.system
 
 MIB = 1024 * 1024
 
-# argv: reply, log. reply is "close" (no data), "id" (the credential ID from the peer name) or "size:N" (N bytes).
+# argv: reply, log. reply is "close" (no data), "id" (the credential ID from the peer name), "size:N" (N bytes),
+# "file:PATH" (the file's bytes) or "half:PATH" (the first half of them).
 # It records the peer name, SO_PEERCRED and the peer's /proc/<pid>/cgroup while the peer still waits for
 # its reply, then replies.
 SERVER = r"""
@@ -52,6 +54,10 @@ while True:
             conn.sendall(name.rsplit("/", 1)[-1].encode())
         elif reply.startswith("size:"):
             conn.sendall(b"x" * int(reply[5:]))
+        elif reply.startswith(("file:", "half:")):
+            with open(reply[5:], "rb") as f:
+                data = f.read()
+            conn.sendall(data if reply.startswith("file:") else data[: len(data) // 2])
     except OSError:
         pass  # systemd stopped reading
     conn.close()
@@ -105,10 +111,11 @@ class Report:
     files: dict[str, tuple[str, int, int, bytes]]  # name -> (mode, owner uid, size, first 64 bytes)
 
 
-def consume(c: Container, unit: str, socket: str, *properties: str, ids: tuple[str, ...] = ("dek",)) -> Report:
-    """Starts `unit` (transient) with LoadCredential=ID:`socket` for each ID, and waits for it to exit."""
+def consume(c: Container, unit: str, socket: str, *properties: str, ids: tuple[str, ...] = ("dek",),
+            load: str = "LoadCredential") -> Report:
+    """Starts `unit` (transient) with LoadCredential=ID:`socket` (or `load`) for each ID, and waits for it."""
     argv = ["systemd-run", f"--unit={unit}", "--wait", "--pipe", "--quiet"]
-    argv += [f"--property=LoadCredential={i}:{socket}" for i in ids]
+    argv += [f"--property={load}={i}:{socket}" for i in ids]
     argv += [f"--property={p}" for p in properties]
     p = c.run([*argv, "sh", "-c", REPORT], check=False)
     report = Report(p.returncode, None, None, {})
@@ -332,32 +339,75 @@ def test_cgroup_names_are_escaped_as_peer_py_expects(bare_container):
     assert seen == {unit: cgroup_escape(unit) for unit in CGROUP_NAMES}
 
 
-# ---- the grant drop-in's guard against an empty credential ----
+# ---- LoadCredentialEncrypted=: what the drop-in of `unlocker grant` asks with (unlocker/service/sealed.py) ----
 
-def test_the_grant_dropins_guard_runs_after_the_units_own_exec_start_pre_and_before_exec_start(bare_container):
-    """What the `test -s` guard of the drop-in `unlocker grant` writes covers (docs/CREDENTIALS.md), with a
-    server that closes without data (the fail-open trap the broker never falls into): a drop-in's
-    ExecStartPre= lines run after the unit's own, so those see the empty credential; ExecStart= never runs.
-    The drop-in is unlocker's, without its [Unit] dependencies on unlocker.service (not installed here)."""
+ENCRYPTED = "LoadCredentialEncrypted"
+
+
+def sealed_by_systemd(c: Container, name: str, plaintext: bytes) -> str:
+    """A file holding `plaintext` sealed with the container's host secret, by systemd-creds itself."""
+    path = f"/run/sealed-{name}-{secrets.token_hex(4)}"
+    c.run(["systemd-creds", "encrypt", "--with-key=host", f"--name={name}", "-", path], input=plaintext)
+    return path
+
+
+def test_a_sealed_reply_over_a_socket_is_decrypted_for_the_unit(bare_container):
     c = bare_container
-    s = server(c, "close")
-    c.write_file("/etc/systemd/system/guarded.service", (
+    s = server(c, "file:" + sealed_by_systemd(c, "dek", b"k" * 32))
+    report = consume(c, "facts-sealed.service", s.socket, "User=nobody", load=ENCRYPTED)
+    assert report.returncode == 0
+    assert report.files["dek"] == ("400", NOBODY, 32, b"k" * 32)
+
+
+@pytest.mark.parametrize("reply", ["close", "half", "other-id"])
+def test_an_empty_cut_or_misnamed_sealed_reply_fails_the_unit_at_credentials(bare_container, reply):
+    """Where plain LoadCredential= starts the unit on an empty credential (above), the sealed one fails it:
+    so the broker's refusal is a close without data, and no `test -s` command guards the unit."""
+    c = bare_container
+    blob = sealed_by_systemd(c, "other" if reply == "other-id" else "dek", b"k" * 32)
+    s = server(c, {"close": "close", "half": f"half:{blob}", "other-id": f"file:{blob}"}[reply])
+    unit = f"facts-sealed-{reply}.service"
+    report = consume(c, unit, s.socket, "User=nobody", load=ENCRYPTED)
+    assert (report.returncode, report.fs) == (243, None)  # ExecStart= never ran
+    log = c.run(["journalctl", "--no-pager", "-o", "cat", "-u", unit]).stdout.decode()
+    assert "status=243/CREDENTIALS" in log
+
+
+def test_a_server_killed_after_accept_fails_a_sealed_credential_at_credentials(bare_container):
+    """The fail-open trap of plain LoadCredential= (test_a_server_killed_after_accept_gives_an_empty_...),
+    closed: a broker killed mid-delivery fails the unit."""
+    c = bare_container
+    s = own_server(c, "hold")
+    _start_no_block(c, "facts-sealed-killed.service", s.socket, load=ENCRYPTED)
+    _wait_for(lambda: any("name" in row for row in s.connections()), "the connection")
+    c.systemctl("kill", "--signal=KILL", s.unit)
+    assert _result(c, "facts-sealed-killed.service") == ("exit-code", "243", "")
+
+
+def test_every_command_checks_its_own_sealed_copy(bare_container):
+    """systemd 252 fetches credentials again for each command (test_each_command_of_a_unit_asks_...): a
+    server that answers the first fetch and closes the next without data (a broker killed between them)
+    fails the unit at that command. The drop-in is the one `unlocker grant` writes, without its [Unit]
+    dependencies on unlocker.service (not installed here)."""
+    c = bare_container
+    s = own_server(c, "seq:file:" + sealed_by_systemd(c, "dek", b"k" * 32) + ",close")
+    c.write_file("/etc/systemd/system/copies.service", (
         "[Service]\nType=oneshot\n"
-        "ExecStartPre=/bin/sh -c 'echo \"own-exec-start-pre $$(stat -c %%s $$CREDENTIALS_DIRECTORY/dek)\" "
-        ">> /run/guarded.order'\n"
-        "ExecStart=/bin/sh -c 'echo own-exec-start >> /run/guarded.order'\n"
+        "ExecStartPre=/bin/sh -c 'stat -c %%s $$CREDENTIALS_DIRECTORY/dek > /run/copies.order'\n"
+        "ExecStart=/bin/sh -c 'echo own-exec-start >> /run/copies.order'\n"
     ))
-    text = grants.dropin(grants.Grant("guarded.service", "dek", Format.raw), socket=Path(s.socket))
-    c.write_file("/etc/systemd/system/guarded.service.d/50-unlocker-dek.conf", text[text.index("[Service]"):])
+    text = grants.dropin(grants.Grant("copies.service", "dek", Format.raw), socket=Path(s.socket))
+    c.write_file("/etc/systemd/system/copies.service.d/50-unlocker-dek.conf", text[text.index("[Service]"):])
     c.systemctl("daemon-reload")
-    assert c.systemctl("start", "guarded.service", check=False).returncode != 0
-    assert c.run(["cat", "/run/guarded.order"], check=False).stdout == b"own-exec-start-pre 0\n"
-    assert c.show("guarded.service", "ActiveState")["ActiveState"] == "failed"
+    assert c.systemctl("start", "copies.service", check=False).returncode != 0
+    assert len([row for row in s.connections() if "name" in row]) == 2
+    assert c.run(["cat", "/run/copies.order"]).stdout == b"32\n"  # the first command ran, ExecStart= did not
+    assert c.show("copies.service", "ExecMainStatus")["ExecMainStatus"] == "243"
 
 
 def test_exec_condition_gets_no_credentials(bare_container):
-    """Why the guard is not an ExecCondition= (which would run before every ExecStartPre=): on systemd 252
-    a condition command gets no credentials at all, so it could never see the key."""
+    """Why a check of the credential could not be an ExecCondition= (which would run before every
+    ExecStartPre=): on systemd 252 a condition command gets no credentials at all."""
     c = bare_container
     s = server(c, "id")
     c.write_file("/etc/systemd/system/conditioned.service", (
@@ -370,8 +420,8 @@ def test_exec_condition_gets_no_credentials(bare_container):
 
 
 def test_each_command_of_a_unit_asks_for_its_credentials_anew(bare_container):
-    """The guard can only vouch for its own copy: on systemd 252 the credential is fetched again for every
-    ExecStartPre=/ExecStart= command (the broker never answers with nothing, whichever it is)."""
+    """On systemd 252 the credential is fetched again for every ExecStartPre=/ExecStart= command, so a check
+    command (the `test -s` guard of earlier drop-ins) could only vouch for its own copy."""
     c = bare_container
     s = server(c, "id")
     c.write_file("/etc/systemd/system/twice.service", (
@@ -436,10 +486,11 @@ def test_the_credential_peer_is_the_units_control_or_main_process(bare_container
     print(f"asking systemd (busctl + systemctl) took {[round(r['seconds'] * 1000) for r in rows]} ms")
 
 
-# ---- what a dead or dying credential server does to the unit (issue 13: can the guard go?) ----
+# ---- what a dead or dying credential server does to a unit with plain LoadCredential= ----
 
 # argv: socket path, log, mode. Owns its listening socket (no socket activation, so that its death closes
-# the listener). "seq:A,B,...": the n-th connection gets reply A, B, ... (as in SERVER; "close" for none).
+# the listener). "seq:A,B,...": the n-th connection gets reply A, B, ... ("id", "file:PATH" as in SERVER;
+# "close" for none).
 # "hold": accepts, logs, and never replies. "noaccept": never accepts. Logs, per connection, whether
 # systemd sent anything before its reply ("eof": it shut its side down and sends nothing).
 OWN_SERVER = r"""
@@ -472,6 +523,9 @@ while True:
     n += 1
     if reply == "id":
         conn.sendall(name.rsplit("/", 1)[-1].encode())
+    elif reply.startswith("file:"):
+        with open(reply[5:], "rb") as f:
+            conn.sendall(f.read())
     conn.close()
 """
 
@@ -497,10 +551,10 @@ def _wait_for(predicate, what: str, timeout: float = 10) -> None:
         time.sleep(0.02)
 
 
-def _start_no_block(c: Container, unit: str, socket: str, *properties: str) -> None:
+def _start_no_block(c: Container, unit: str, socket: str, *properties: str, load: str = "LoadCredential") -> None:
     """A oneshot that reports its credentials to /run/<unit>.out, started without waiting for it."""
     argv = ["systemd-run", f"--unit={unit}", "--no-block", "--quiet", "--property=Type=oneshot",
-            f"--property=LoadCredential=dek:{socket}", f"--property=StandardOutput=file:/run/{unit}.out",
+            f"--property={load}=dek:{socket}", f"--property=StandardOutput=file:/run/{unit}.out",
             *[f"--property={p}" for p in properties], "sh", "-c", REPORT]
     c.run(argv)
 
@@ -546,24 +600,6 @@ def test_a_listener_killed_with_the_connection_still_queued_fails_the_unit_at_cr
     c.systemctl("kill", "--signal=KILL", s.unit)
     result, status, out = _result(c, "facts-queued.service")
     assert (result, status, out) == ("exit-code", "243", "")
-
-
-def test_the_guard_vouches_only_for_its_own_copy_of_the_credential(bare_container):
-    """systemd 252 fetches the credential again for ExecStart=, and that copy replaces the one the drop-in's
-    `test -s` checked. A server that answers the guard's connection and closes the next one without data
-    (a broker killed mid-delivery, 1 time in 2) starts ExecStart= on an EMPTY credential: the guard only
-    catches a server that closes without data every time."""
-    c = bare_container
-    s = own_server(c, "seq:id,close")
-    c.write_file("/etc/systemd/system/copies.service",
-                 "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'stat -c %%s $$CREDENTIALS_DIRECTORY/dek "
-                 "> /run/copies.out'\n")
-    text = grants.dropin(grants.Grant("copies.service", "dek", Format.raw), socket=Path(s.socket))
-    c.write_file("/etc/systemd/system/copies.service.d/50-unlocker-dek.conf", text[text.index("[Service]"):])
-    c.systemctl("daemon-reload")
-    c.systemctl("start", "copies.service")
-    assert len([row for row in s.connections() if "name" in row]) == 2
-    assert c.run(["cat", "/run/copies.out"]).stdout == b"0\n"
 
 
 def test_condition_credential_looks_at_the_managers_credentials_not_the_units(bare_container):

@@ -12,7 +12,9 @@ from .helpers import PASSPHRASE, expected, journal, run_consumer, setup, start_b
 
 pytestmark = pytest.mark.system
 
+# Type=exec: `systemctl start` returns once the credentials are in place and the command runs.
 LONG = """[Service]
+Type=exec
 ExecStart=/bin/sleep infinity
 """
 

@@ -23,7 +23,7 @@ import socket, time
 conns = []
 for _ in range(5):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect("/run/unlocker/credentials.sock")
+    s.connect("/run/unlocker/sealed-credentials.sock")
     conns.append(s)
     c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     c.connect("/run/unlocker/control.sock")

@@ -35,8 +35,23 @@ def grant(
     grants.save(current)
     for g in added:
         print(f"granted {g.unit} credential {credential} ({fmt}); drop-in {grants.write_dropin(g)}")
+    _ensure_host_secret()
     _reload(no_reload)
     print(f"the unit reads it at $CREDENTIALS_DIRECTORY/{credential} from its next start")
+
+
+def _ensure_host_secret() -> None:
+    """The broker seals every delivery with systemd's credential secret (service/sealed.py), which systemd
+    makes only when first asked to: `systemd-creds setup` makes it (or replaces one that names another
+    machine), and the broker, whose /var is read-only, picks it up at its next delivery."""
+    from unlocker.service import sealed
+
+    try:
+        sealed.HostKey.read()
+    except sealed.SealError as e:
+        log.info("%s; running %s", e, sealed.SETUP)
+        run(sealed.SETUP.split())
+        sealed.HostKey.read()  # a SealError now says what is still wrong
 
 
 def _reload(no_reload: bool) -> None:

@@ -41,7 +41,10 @@ FILES = [
     (str(grants.GRANTS_FILE), "The grant list, written by grant and revoke. See unlocker(5)."),
     (f"{grants.UNIT_DIR}/UNIT.d/50-unlocker-ID.conf", "The drop-in each grant writes: the unit loads credential ID "
                                                        "from the broker and refuses to start without it."),
-    (str(grants.CREDENTIAL_SOCKET), "Where systemd asks the broker for credentials (LoadCredential=)."),
+    (str(grants.CREDENTIAL_SOCKET), "Where systemd asks the broker for credentials (LoadCredentialEncrypted=)."),
+    ("/var/lib/systemd/credential.secret", "systemd's credential secret: the broker seals each delivery with it, so "
+                                           "that systemd fails a unit whose reply is empty or cut short. "
+                                           "systemd-creds setup makes it; the unit and grant run it."),
     (str(control.CONTROL_SOCKET), "The broker's control socket (status, lock, unlock, rotations); root only."),
     ("/usr/lib/systemd/catalog/unlocker.catalog", "The journal catalog: journalctl -x explains each record. "
                                                   "The Debian package's; unlocker install puts it in "

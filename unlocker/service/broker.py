@@ -1,12 +1,11 @@
-"""The credential broker: answers systemd's LoadCredential= connections and the root-only control socket.
+"""The credential broker: answers systemd's LoadCredentialEncrypted= connections and the root-only control socket.
 
-Fail closed. On systemd 252 a credential connection that closes without data gives the unit an EMPTY
-credential and the unit starts; a reply over systemd's 1 MiB credential limit makes the unit fail at its
-CREDENTIALS step (exit status 243). So every refusal (unknown peer, no grant, locked) is answered with
-DENIAL_BYTES of zeros, never with a bare close; the drop-in's `test -s` check backs that up, for its own
-copy only (systemd fetches the credential again for ExecStart=). What neither covers is this process
-killed between accept() and its reply: systemd then sees a clean EOF. Keep that window short: nothing
-slow (the audit record, the journal) runs before the reply is sent.
+Fail closed. On systemd 252 a plain LoadCredential= connection that closes without data gives the unit an
+EMPTY credential and the unit starts. Granted units ask with LoadCredentialEncrypted= instead, and every
+delivery is sealed with this host's credential secret (sealed.py): systemd decrypts it before the unit runs,
+and an empty, cut or altered reply fails the unit at its CREDENTIALS step (exit status 243). So a refusal
+(unknown peer, no grant, locked) is simply a close without data, and a broker killed at any moment fails
+the units it was serving rather than starting them without their key.
 """
 
 from __future__ import annotations
@@ -33,8 +32,8 @@ from unlocker.run import log
 from unlocker.service import audit, grants
 from unlocker.service.keyring import Keyring
 from unlocker.service.peer import PeerError, Request, in_unit_cgroup, parse_address
+from unlocker.service.sealed import HostKeyCache, SealError
 
-DENIAL_BYTES = 1024 * 1024 + 1
 SEND_TIMEOUT_S = 10.0
 # The control socket may never take the descriptors deliveries need: at most this many control clients at
 # once (the rest are answered "busy" and closed at once), each dropped when idle this long, and no more
@@ -43,7 +42,6 @@ MAX_CONTROL_CLIENTS = 32
 CONTROL_IDLE_S = 5.0
 CONTROL_BACKLOG = 16
 SO_PEERPIDFD = 77  # Linux 6.5+; a pidfd for the peer that cannot be confused with a reused pid
-_DENIAL = bytes(DENIAL_BYTES)
 
 
 @dataclass
@@ -140,40 +138,20 @@ def _send_now(sock: socket.socket, data: bytes | bytearray) -> int:
         return 0
 
 
-def _refuse(sock: socket.socket) -> Awaitable[None] | None:
-    """Send the refusal: the part the socket takes now, and what sends the rest (or None)."""
-    try:
-        sent = _send_now(sock, _DENIAL)
-    except OSError:
-        return None
-    if sent < len(_DENIAL):
-        return _send_rest(sock, _DENIAL, sent)
-    _end(sock)
-    return None
-
-
-async def _send_rest(sock: socket.socket, data: bytes, sent: int) -> None:
-    """The rest of a refusal, then EOF. No time limit: a refusal cut short and closed would leave systemd a
-    partial credential of zeros, which is not empty, passes the drop-in's `test -s`, and starts the unit.
-    So a refusal ends only when all of it was read or the peer is gone (its send fails: systemd's executor
-    was killed, a client exited). A client that connects and never reads holds one descriptor until it
-    exits; only root can connect."""
-    with contextlib.suppress(OSError):
-        await asyncio.get_running_loop().sock_sendall(sock, memoryview(data)[sent:])
-        _end(sock)
-
-
 def _end(sock: socket.socket) -> None:
     """EOF for systemd now, whatever descriptors of the connection are still open: the unit waits for it,
-    and neither the audit record nor a close in a later turn of the event loop should delay it."""
+    and neither the audit record nor a close in a later turn of the event loop should delay it. After a
+    refusal (no data) systemd fails the unit at once: an empty reply does not decrypt."""
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
 
 
 class Broker:
-    def __init__(self, keyring: Keyring, grants_file: Path = grants.GRANTS_FILE) -> None:
+    def __init__(self, keyring: Keyring, grants_file: Path = grants.GRANTS_FILE,
+                 host_key: HostKeyCache | None = None) -> None:
         self.keyring = keyring
         self.grants_file = grants_file
+        self.host_key = host_key or HostKeyCache()
         self.stats = Stats()
         self.state_since = time.time()
         self.unlocked_by: str | None = None  # an unattended slot type, cached passphrase, prompt, passphrase file
@@ -222,7 +200,7 @@ class Broker:
         """The streams handler of earlier versions; listen() now gives the credential socket its own accept
         loop (CredentialServer) and calls answer() directly."""
         sock: socket.socket = writer.get_extra_info("socket")
-        raw = sock.dup()  # plain socket I/O: we send from our own buffer, which we then wipe
+        raw = sock.dup()  # plain socket I/O, as in CredentialServer
         raw.setblocking(False)
         try:
             if (rest := self.answer(raw)) is not None:
@@ -233,11 +211,10 @@ class Broker:
 
     def answer(self, sock: socket.socket) -> Awaitable[None] | None:
         """Answer one credential connection (non-blocking). Returns None when the reply is already sent, else
-        what sends the rest of it (a refusal, more than the socket buffer holds); the caller closes sock after.
+        what sends the rest of it (a reply longer than the socket buffer holds); the caller closes sock after.
 
-        Everything up to the send runs at once, without a task or a timer: a broker killed between accept()
-        and its reply gives the unit an empty credential (docs/THREAT-MODEL.md), so that window stays as
-        short as the checks. The audit record comes after the reply and its EOF."""
+        Everything up to the send runs at once, without a task or a timer, and the audit record comes after
+        the reply and its EOF: the unit waits for both."""
         peer: Peer | None = None
         request: Request | None = None
         try:
@@ -248,38 +225,45 @@ class Broker:
         except (PeerError, OSError) as e:
             grant, reason = None, str(e)
         if grant is None or request is None:
-            return self._deny(sock, peer, request, reason)
+            self._deny(sock, peer, request, reason)
+            return None
         versions = self.keyring.versions()
         try:
             payload = render(grant.format, versions)
         except FormatUnavailable as e:
-            return self._deny(sock, peer, request, str(e))
+            self._deny(sock, peer, request, str(e))
+            return None
         finally:
             for v in versions:
                 wipe(v.key)
+        try:
+            reply = self.host_key.get().seal(request.credential, payload)
+        except SealError as e:
+            self._deny(sock, peer, request, str(e))
+            return None
+        finally:
+            wipe(payload)
         ids = [v.id for v in versions]
         try:
-            sent = _send_now(sock, payload)
+            sent = _send_now(sock, reply)
         except OSError as e:
-            wipe(payload)
             log.warning("delivery of %s to %s failed: %s", request.credential, request.unit, e)
             return None
-        if sent < len(payload):
-            return self._deliver_rest(sock, request, grant, ids, payload, sent)
-        wipe(payload)
+        if sent < len(reply):
+            return self._deliver_rest(sock, request, grant, ids, reply, sent)
         self._delivered(sock, request, grant, ids)
         return None
 
     async def _deliver_rest(self, sock: socket.socket, request: Request, grant: grants.Grant, ids: list[int],
-                            payload: bytearray, sent: int) -> None:
+                            reply: bytes, sent: int) -> None:
+        """The rest of a long reply (a keyring with many versions). Cut short, it does not decrypt: the unit
+        fails, it never starts on part of a key."""
         try:
-            with memoryview(payload) as view:
-                await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(sock, view[sent:]), SEND_TIMEOUT_S)
+            await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(sock, memoryview(reply)[sent:]),
+                                   SEND_TIMEOUT_S)
         except (OSError, TimeoutError) as e:
             log.warning("delivery of %s to %s failed: %s", request.credential, request.unit, e)
             return
-        finally:
-            wipe(payload)
         self._delivered(sock, request, grant, ids)
 
     def _delivered(self, sock: socket.socket, request: Request, grant: grants.Grant, ids: list[int]) -> None:
@@ -288,12 +272,11 @@ class Broker:
         audit.delivered(request.unit, request.credential, grant.format, ids)
 
     def _deny(self, sock: socket.socket, peer: Peer | None, request: Request | None,
-              reason: str) -> Awaitable[None] | None:
-        rest = _refuse(sock)  # the first bytes before the record, as for a delivery
+              reason: str) -> None:
+        _end(sock)  # the refusal itself, before the record, as for a delivery
         unit, credential = (request.unit, request.credential) if request else (None, None)
         self.stats.record(unit, credential, "deny", reason)
         audit.denied(unit, credential, reason, peer.pid if peer else None, peer.uid if peer else None)
-        return rest
 
     def status(self) -> dict[str, object]:
         return {
@@ -393,7 +376,8 @@ class CredentialServer:
     """The credential socket's accept loop, on the event loop but without asyncio streams: a transport, a
     reader, a writer and a task per connection cost more than the broker's whole check (about 150 us a
     connection on this project's test machine; bench/broker.py). Most connections are answered within the
-    accept callback; only a reply that does not fit the socket buffer (a refusal) becomes a task."""
+    accept callback; only a reply that does not fit the socket buffer (a keyring with many versions) becomes
+    a task."""
 
     ACCEPTS_PER_TURN = 64  # then let the control socket and pending sends have a turn
 
@@ -422,9 +406,10 @@ class CredentialServer:
             try:
                 rest = self.broker.answer(conn)
             except Exception:
-                # A bug must not end in a bare close: that would start the unit on an empty credential.
+                # A bug ends in a close without data, as a refusal does: the unit fails at CREDENTIALS.
                 log.exception("a credential request failed unexpectedly; refusing it")
-                rest = _refuse(conn)
+                _end(conn)
+                rest = None
             if rest is None:
                 conn.close()
             else:

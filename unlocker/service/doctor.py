@@ -127,6 +127,8 @@ def _grants() -> list[Check]:
     except UnlockerError as e:
         return [health.grant_list(str(grants.GRANTS_FILE), str(e), 0)]
     checks = [health.grant_list(str(grants.GRANTS_FILE), None, len(granted))]
+    if granted:
+        checks.append(health.host_secret(_host_secret_error()))
     for g in sorted(granted.values(), key=lambda g: (g.unit, g.credential)):
         path = grants.dropin_path(g)
         text = _read(path) if path.exists() else None
@@ -137,6 +139,17 @@ def _grants() -> list[Check]:
         if (unit, credential) not in granted:
             checks.append(health.orphan_dropin(unit, credential, str(path)))
     return checks
+
+
+def _host_secret_error() -> str | None:
+    """Why the broker could not seal a delivery with systemd's credential secret, or None."""
+    from unlocker.service import sealed  # cryptography: only on this path
+
+    try:
+        sealed.HostKey.read()
+    except sealed.SealError as e:
+        return str(e)
+    return None
 
 
 # -- the platform ------------------------------------------------------------------------------------------

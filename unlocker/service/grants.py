@@ -20,7 +20,12 @@ from unlocker.service.peer import CREDENTIAL_ID_RULE, MAX_ADDRESS_BYTES, is_cred
 
 GRANTS_FILE = Path("/etc/unlocker/grants")
 UNIT_DIR = Path("/etc/systemd/system")
-CREDENTIAL_SOCKET = Path("/run/unlocker/credentials.sock")
+# Where systemd asks for granted credentials, with LoadCredentialEncrypted= (sealed.py). Not the name of
+# earlier versions (credentials.sock, plain LoadCredential=): a drop-in they wrote finds no socket and its
+# unit fails at CREDENTIALS, rather than starting on a sealed reply it cannot read. `unlocker grant` and
+# `unlocker doctor` find and rewrite such drop-ins.
+SOCKET_NAME = "sealed-credentials.sock"
+CREDENTIAL_SOCKET = Path("/run/unlocker") / SOCKET_NAME
 
 # "\0" + 16 hex digits of randomness + "/unit/" + unit + "/" + id: what systemd binds.
 _ADDRESS_OVERHEAD = 1 + 16 + len("/unit/") + 1
@@ -119,11 +124,8 @@ def dropin(grant: Grant, socket: Path = CREDENTIAL_SOCKET) -> str:
     # systemd 252 that carries every restart of the broker (an upgrade, the automatic restart after a crash)
     # to every running granted unit, so a database would restart with it. Without the broker a unit still
     # cannot start: its credential socket is gone or refuses, and systemd fails it at CREDENTIALS (243)
-    # (tests/system/test_broker.py). The ExecStartPre= check backs up the broker against systemd's
-    # fail-open path (a credential socket that closes without data gives the unit an EMPTY credential,
-    # and it would start). On systemd 252 it runs after the unit's own ExecStartPre= lines, and an
-    # ExecCondition= gets no credentials at all (tests/system/test_platform_facts.py), so it guards
-    # ExecStart= only.
+    # (tests/system/test_broker.py). LoadCredentialEncrypted=, not LoadCredential=: systemd checks each
+    # reply (sealed.py), so an empty or cut one fails the unit too, and no ExecStartPre= check is needed.
     return (
         "# Written by 'unlocker grant'; removed by 'unlocker revoke'.\n"
         "[Unit]\n"
@@ -131,8 +133,7 @@ def dropin(grant: Grant, socket: Path = CREDENTIAL_SOCKET) -> str:
         "After=unlocker.service\n"
         "\n"
         "[Service]\n"
-        f"LoadCredential={grant.credential}:{socket}\n"
-        f"ExecStartPre=/usr/bin/test -s %d/{grant.credential}\n"
+        f"LoadCredentialEncrypted={grant.credential}:{socket}\n"
     )
 
 

@@ -191,8 +191,14 @@ def grant(g: GrantFacts) -> list[Check]:
                             f"{g.unit} is granted {g.credential} but has no drop-in {g.dropin}: it never asks for "
                             "the key", f"{again}  (rewrites the drop-in)"))
     elif g.dropin_text != g.expected_text:
-        checks.append(Check(name, Verdict.warning, f"{g.dropin} differs from what 'unlocker grant' writes",
-                            f"{again}  (rewrites it; keep your own settings in another drop-in)"))
+        wanted = next(line for line in g.expected_text.splitlines() if line.startswith("LoadCredentialEncrypted="))
+        if wanted not in g.dropin_text.splitlines():
+            # An older version's drop-in (plain LoadCredential= from credentials.sock): the socket is gone.
+            checks.append(Check(name, Verdict.error, f"{g.dropin} does not say {wanted} (written by an older "
+                                "unlocker?): the unit fails at CREDENTIALS", f"{again}  (rewrites it)"))
+        else:
+            checks.append(Check(name, Verdict.warning, f"{g.dropin} differs from what 'unlocker grant' writes",
+                                f"{again}  (rewrites it; keep your own settings in another drop-in)"))
     else:
         checks.append(ok(name, f"{g.unit} is granted {g.credential}; its drop-in is in place"))
     if g.load_state == "not-found":
@@ -204,8 +210,15 @@ def grant(g: GrantFacts) -> list[Check]:
     return checks
 
 
+def host_secret(error: str | None) -> Check:
+    if error is not None:
+        return Check("host-secret", Verdict.error, f"{error}; until then every granted unit fails at CREDENTIALS",
+                     "systemd-creds setup")
+    return ok("host-secret", "systemd's credential secret is in place: the broker seals each delivery with it")
+
+
 def orphan_dropin(unit_name: str, credential: str, path: str) -> Check:
-    # Its LoadCredential= stays in force: the broker denies the request, and the unit cannot start.
+    # Its LoadCredentialEncrypted= stays in force: the broker denies the request, and the unit cannot start.
     return Check(f"dropin.{unit_name}.{credential}", Verdict.error,
                  f"{path} asks the broker for {credential}, but {unit_name} has no such grant: the unit will not start",
                  f"unlocker grant {unit_name} --credential {credential}, or: rm {path} && systemctl daemon-reload")

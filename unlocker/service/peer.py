@@ -21,7 +21,7 @@ _UNIT = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]+)?\.(service|socket|m
 # 252 accepts more (credential_name_valid(): a file name with no control character and no ':'), but in a
 # unit file "%" is a specifier, "\\" an escape and whitespace a separator, so such ids could be granted and
 # never delivered, or would inject lines into the drop-in. The first character excludes ".", ".." and
-# hidden files, and a "-" that the drop-in's `test -s` could read as an option.
+# hidden files, and a "-" that a command given the file name (an admin's own check) would read as an option.
 CREDENTIAL_ID_RULE = "1 to 64 of A-Z a-z 0-9 _ . -, not starting with '.' or '-'"
 _CREDENTIAL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _ADDRESS = re.compile(r"\0([0-9a-f]+)/unit/([^/]+)/([^/]+)")

@@ -33,11 +33,12 @@ from unlocker.keystore.fileformat import FormatError
 from unlocker.keystore.unlock import Unlocked, with_store_key
 from unlocker.memory import harden_process, scrub_freed_memory, wipe
 from unlocker.run import log
-from unlocker.service import audit
+from unlocker.service import audit, grants
 from unlocker.service.broker import CONTROL_BACKLOG, Broker, handle_control, listen, raise_descriptor_limit
 from unlocker.service.fdstore import FdStore
 from unlocker.service.keyring import Keyring
 from unlocker.service.options import ServeOptions, configure_logging
+from unlocker.service.sealed import SealError
 from unlocker.service.spawn import UnlockChild
 
 __all__ = ["ServeOptions", "serve"]
@@ -84,7 +85,7 @@ async def _serve(options: ServeOptions) -> None:
         notify(f"unlocked (keystore generation {keyring.generation}, from the fd store); serving credentials")
     loop = asyncio.get_running_loop()
     options.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    credentials = await listen(options.run_dir / "credentials.sock", broker.handle_credential, mode=0o600)
+    credentials = await listen(options.run_dir / grants.SOCKET_NAME, broker.handle_credential, mode=0o600)
     control = await listen(options.run_dir / "control.sock",
                            lambda r, w: handle_control(broker, r, w), mode=0o600, backlog=CONTROL_BACKLOG)
     unlocking = asyncio.Lock()
@@ -150,6 +151,10 @@ async def _serve(options: ServeOptions) -> None:
     try:
         if not keyring.unlocked:
             await unlock()
+        try:
+            broker.host_key.get()  # read once now: a broken host secret is named at start, not per request
+        except SealError as e:
+            log.error("%s; until then every granted unit fails at its CREDENTIALS step", e)
         daemon.notify("READY=1")
         await stop.wait()
     except Stopped:
