@@ -1,5 +1,6 @@
 """The man pages and bash completion that scripts/man generates from the command definitions: they render
-without warnings, name every command and option, and the completion completes from the live CLI."""
+without warnings, name every command and option, and the completion completes from the live CLI. And
+cli/helptext.py, the --help texts printed without typer: they are typer's."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from unlocker.cli import manpage
+from unlocker.cli import helptext, manpage
 from unlocker.service import audit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,3 +114,10 @@ def test_completion_completes_a_command(built, tmp_path):
 def test_completion_completes_an_option_and_a_choice(built, tmp_path):
     assert complete(built, tmp_path, ["unlocker", "doctor", "--j"]) == ["--json"]
     assert complete(built, tmp_path, ["unlocker", "grant", "db.service", "--format", "m"]) == ["mariadb"]
+
+
+def test_the_help_printed_without_typer_is_typers():
+    # After a change to a command (a docstring, an option), rewrite it: python -m unlocker.cli.manpage
+    assert manpage.HELPTEXT.read_text() == manpage.helptext_module(), "run: python -m unlocker.cli.manpage"
+    texts = manpage.help_texts()
+    assert set(texts) == {"", *helptext.COMMANDS} and texts[""].startswith("Usage: unlocker [OPTIONS] COMMAND")

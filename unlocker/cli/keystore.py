@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from unlocker.clevis.http import Timeouts
-from unlocker.cli import reports
+from unlocker.cli import actions, reports
 from unlocker.cli.common import (
     TPM_KINDS,
     ConnectTimeout,
@@ -36,7 +36,6 @@ from unlocker.errors import InvalidInput, TpmError, UnlockerError, WrongSecret
 from unlocker.keystore import storage
 from unlocker.keystore.fileformat import FormatError, format_pcrs
 from unlocker.memory import wipe
-from unlocker.service import control
 
 # typing.TYPE_CHECKING without importing typing: see cli/main.py.
 TYPE_CHECKING = False
@@ -213,8 +212,7 @@ def unlock(
     unlock again after 'unlocker lock' (it asks through systemd-ask-password)."""
     g = globals_of(ctx)
     if not check:
-        reply = control.request("unlock", timeout=None)
-        print(f"broker unlocked (keystore generation {reply.get('generation')})")
+        actions.unlock()
         return
     network = timeouts(network_timeout, connect_timeout)
     if unattended:

@@ -2,9 +2,9 @@
 expected errors into a message and an exit code (0 ok, 1 error, 2 nothing unlocked). Only --debug shows
 a traceback.
 
-Start-up is part of the interface: scripts call `status --json` in a loop. So a plain call of a read-only
-report (reports.plain_call) runs without typer, and only the commands that may handle a secret pay for
-the re-exec that turns on glibc's scrubbing of freed memory.
+Start-up is part of the interface: scripts call `status --json`, `lock` or `grant` in a loop. So a plain
+call of those, and --help (cli/plain.py), runs without typer, and only the commands that may handle a
+secret pay for the re-exec that turns on glibc's scrubbing of freed memory.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 
 from unlocker import memory
-from unlocker.cli import reports
+from unlocker.cli import plain
 from unlocker.errors import UnlockerError
 
 # typing.TYPE_CHECKING without importing typing: every millisecond here is paid by every command.
@@ -30,7 +30,8 @@ NO_SECRET = frozenset({"status", "slots", "doctor", "lock", "grant", "revoke", "
 
 def main() -> None:
     argv = sys.argv[1:]
-    if handles_secrets(argv) and not memory.freed_memory_is_scrubbed():
+    call = plain.plain_call(argv)  # a plain call handles no secret: it never re-executes
+    if call is None and handles_secrets(argv) and not memory.freed_memory_is_scrubbed():
         os.execve(sys.executable, [sys.executable, "-m", "unlocker", *argv],  # noqa: S606
                   memory.environment_with_scrubbing())
     memory.scrub_freed_memory()
@@ -38,8 +39,7 @@ def main() -> None:
     # never write a key, a passphrase or a recovery key into a core file.
     memory.harden_process()
     debug = "--debug" in argv
-    report = reports.plain_call(argv)
-    code = _exit_on_errors(report, debug) if report is not None else _typer_app(debug)
+    code = _exit_on_errors(call, debug) if call is not None else _typer_app(debug)
     if isinstance(code, int) and code:
         sys.exit(code)
 
@@ -47,8 +47,8 @@ def main() -> None:
 def handles_secrets(argv: list[str]) -> bool:
     """Whether the command argv names may handle a secret: anything but `unlocker [--help]` and the
     NO_SECRET commands. The command is the first word that is neither an option nor --keystore's value
-    (the only global option that takes one). `init --help` re-executes too: after the command, "--help"
-    may be an option's value (a file to read a passphrase from)."""
+    (the only global option that takes one). `init --help` re-executes too, unless it is a plain call
+    (plain.py): after the command, "--help" may be an option's value (a file to read a passphrase from)."""
     words = iter(argv)
     for word in words:
         if word == "--help":
@@ -62,7 +62,14 @@ def handles_secrets(argv: list[str]) -> bool:
 
 def _exit_on_errors(call: Callable[[], object], debug: bool) -> object:
     try:
-        return call()
+        code = call()
+        sys.stdout.flush()  # a reader gone away shows here, not in the interpreter's last flush
+        return code
+    except BrokenPipeError:
+        # `unlocker --help | head -1`: exit 1 without a word, as typer does. Python flushes stdout again
+        # at exit: point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except UnlockerError as e:
         if debug:
             import traceback

@@ -1,6 +1,8 @@
 """unlocker(8), unlocker(5) and the bash completion, generated from the command definitions at build time
 (scripts/man), so they cannot drift from the CLI: every command, argument and option comes from the typer
-app itself, the file formats from the docstrings of the modules that parse them.
+app itself, the file formats from the docstrings of the modules that parse them. Also cli/helptext.py, the
+--help texts printed without typer: `python -m unlocker.cli.manpage` rewrites it after a change to a
+command, and tests/cli/test_manpage.py fails until it is rewritten.
 
 Not a command: a build step. Here (in cli/) because it reads the typer app and its option types.
 """
@@ -238,3 +240,48 @@ def bash_completion() -> str:
 
     script: str = BashComplete(command(), {}, PROG, COMPLETE_VAR).source()
     return script
+
+
+# -- the --help texts (cli/helptext.py) ---------------------------------------------------------------------
+
+HELPTEXT = Path(__file__).with_name("helptext.py")
+# click wraps help to the terminal's width less 2, at most 78 columns: on any terminal 80 columns wide or
+# more (or when stdout is not a terminal) typer prints these texts.
+HELP_WIDTH = 78
+
+
+def help_texts() -> dict[str, str]:
+    """What typer prints for `unlocker --help` (key "") and `unlocker COMMAND --help`, HELP_WIDTH wide."""
+    group = command()
+    ctx = group.context_class(group, info_name=PROG, terminal_width=HELP_WIDTH)
+    texts = {"": group.get_help(ctx)}
+    for name, cmd in commands():
+        texts[name] = cmd.get_help(cmd.context_class(cmd, info_name=name, parent=ctx))
+    return texts
+
+
+HELPTEXT_HEAD = f'''\
+# ruff: noqa: E501 (click does not break a list of choices: a line of help is as long as the list)
+"""What typer prints for `unlocker --help` and `unlocker COMMAND --help` on a terminal 80 columns wide
+or more, for cli/plain.py to print without typer; each text a tuple of its lines. Generated from the
+typer app by `python -m unlocker.cli.manpage`: do not edit."""
+
+WIDTH = {HELP_WIDTH}
+'''
+
+
+def helptext_module() -> str:
+    """The source of cli/helptext.py."""
+
+    def lines(text: str, indent: str) -> str:
+        return "(\n" + "".join(f"{indent}    {line!r},\n" for line in text.split("\n")) + f"{indent})"
+
+    texts = help_texts()
+    out = [HELPTEXT_HEAD, f"MAIN = {lines(texts.pop(''), '')}", "", "COMMANDS = {"]
+    out += [f"    {name!r}: {lines(text, '    ')}," for name, text in texts.items()]
+    return "\n".join([*out, "}", ""])
+
+
+if __name__ == "__main__":
+    HELPTEXT.write_text(helptext_module())
+    print(f"wrote {HELPTEXT}")

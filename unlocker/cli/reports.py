@@ -1,20 +1,17 @@
 """The read-only reports: status, slots and doctor, as plain functions that print and return an exit code.
 
 Scripts call these in a loop (monitoring, `status --json | jq`), so they import neither typer nor the
-crypto, TPM or clevis stacks unless the keystore in hand needs them. cli/main.py runs them straight from
-argv when the call has a plain shape (`plain_call`); every other call, --help included, goes through the
-typer app, whose commands (cli/service.py, cli/keystore.py, cli/doctor.py) call the same functions.
+crypto, TPM or clevis stacks unless the keystore in hand needs them. cli/plain.py runs them straight from
+argv when the call has a plain shape; every other call goes through the typer app, whose commands
+(cli/service.py, cli/keystore.py, cli/doctor.py) call the same functions.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from pathlib import Path
 
-from unlocker import config
-from unlocker.cli.options import Globals, global_options, tpm_device
+from unlocker.cli.options import Globals, tpm_device
 from unlocker.errors import TpmError, UnlockerError
 from unlocker.keystore import storage
 from unlocker.keystore.fileformat import Keystore
@@ -169,46 +166,3 @@ def doctor(g: Globals, as_json: bool, tpm2_device: str | None) -> int:
             if c.fix:
                 print(f"{'':<8} fix: {c.fix}")
     return health.exit_code(checks)
-
-
-# The options each report takes beside --json; every one takes a value.
-_VALUE_OPTIONS = {"status": ("--tpm2-device",), "slots": (), "doctor": ("--tpm2-device",)}
-
-
-def plain_call(argv: list[str]) -> Callable[[], int] | None:
-    """The report argv asks for, when it is a plain call: `[--keystore PATH] [--debug] status|slots|doctor
-    [--json] [--tpm2-device DEVICE]`, each option at most once and with a value that does not start with
-    '-'. None for anything else (--help, a typo, another command): typer parses that, so its messages stay
-    the only usage errors and nothing typer would refuse runs here."""
-    command: str | None = None
-    values: dict[str, str] = {}
-    flags: set[str] = set()
-    args = iter(argv)
-    for arg in args:
-        if command is None and not arg.startswith("-"):
-            if arg not in _VALUE_OPTIONS:
-                return None
-            command = arg
-            continue
-        name, eq, value = arg.partition("=")
-        if name in (("--keystore",) if command is None else _VALUE_OPTIONS[command]):
-            value = value if eq else next(args, "")
-            if not value or value.startswith("-") or name in values:
-                return None
-            values[name] = value
-        elif arg == ("--debug" if command is None else "--json") and arg not in flags:
-            flags.add(arg)
-        else:
-            return None
-    if command is None:
-        return None
-    keystore = Path(values["--keystore"]) if "--keystore" in values else config.KEYSTORE
-    as_json, device = "--json" in flags, values.get("--tpm2-device")
-
-    def call() -> int:
-        g = global_options(keystore, "--debug" in flags)
-        if command == "slots":
-            return slots(g, as_json)
-        return (status if command == "status" else doctor)(g, as_json, device)
-
-    return call

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from unlocker import config
-from unlocker.cli import reports
+from unlocker.cli import actions, reports
 from unlocker.cli.common import (
     ConnectTimeout,
     NetworkTimeout,
@@ -24,7 +24,6 @@ from unlocker.cli.common import (
 )
 from unlocker.errors import UnlockerError
 from unlocker.run import run
-from unlocker.service import control
 
 log = logging.getLogger("unlocker")
 
@@ -42,8 +41,7 @@ def status(
 def lock(ctx: typer.Context) -> None:
     """Wipe the keys from the running broker. Consumers already running keep their credential; units
     started later fail until 'unlocker unlock'."""
-    control.request("lock")
-    print("broker locked: keys wiped from memory")
+    actions.lock()
 
 
 @app.command()

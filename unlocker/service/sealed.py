@@ -36,8 +36,6 @@ import struct
 import time
 from pathlib import Path
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from unlocker.errors import UnlockerError
 from unlocker.memory import wipe
 
@@ -49,6 +47,7 @@ CREDENTIAL_APP_ID = bytes.fromhex("d3acecba0dad4cdfb8c9381528936c58")
 IV_BYTES = 12
 TAG_BYTES = 16
 NEVER = 2**64 - 1  # USEC_INFINITY: no not-after time
+MAX_SECRET_BYTES = 16 * 1024 * 1024  # what systemd reads at most
 SETUP = "systemd-creds setup"  # what makes a host secret (unlocker grant runs it)
 
 
@@ -76,10 +75,48 @@ def read_machine_id(path: Path = MACHINE_ID) -> bytes:
         raise SealError(f"cannot read the machine id {path}: {e}") from None
 
 
+def check_host_secret(path: Path = HOST_SECRET, machine_id_path: Path = MACHINE_ID) -> None:
+    """SealError unless systemd would accept the host secret (for `unlocker grant` and doctor)."""
+    wipe(_read_host_secret(path, machine_id_path))
+
+
+def _read_host_secret(path: Path, machine_id_path: Path) -> bytearray:
+    """The host secret file's bytes, or SealError saying why systemd would not use it and what fixes it:
+    systemd refuses a secret that is not a regular file of mode 0400, and deletes one that names another
+    machine (an image cloned with its secret), so sealing with either would only fail every unit."""
+    fix = f"run `{SETUP}` (or `unlocker grant` any unit, which runs it)"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SealError(f"systemd's credential secret {path} does not exist: {fix}") from None
+    except OSError as e:
+        raise SealError(f"cannot read systemd's credential secret {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != 0o400 or st.st_nlink != 1:
+            raise SealError(f"systemd refuses its credential secret {path} (it must be one regular file of mode "
+                            f"0400): remove it and {fix}")
+        data = bytearray(os.read(fd, min(st.st_size, MAX_SECRET_BYTES) + 1))
+    finally:
+        os.close(fd)
+    try:
+        if not 16 < len(data) <= MAX_SECRET_BYTES:
+            raise SealError(f"systemd's credential secret {path} has a bad size: remove it and {fix}")
+        if not hmac.compare_digest(bytes(data[:16]), app_specific_machine_id(read_machine_id(machine_id_path))):
+            raise SealError(f"systemd's credential secret {path} belongs to another machine id (an image cloned "
+                            f"with it?); systemd would delete it: remove it and {fix}")
+    except BaseException:
+        wipe(data)
+        raise
+    return data
+
+
 class HostKey:
     """The key systemd derives from the host secret, ready to seal deliveries."""
 
     def __init__(self, secret: bytes | bytearray | memoryview) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # only to seal: doctor and grant check
+
         key = hashlib.sha256(secret).digest()
         try:
             self._aead = AESGCM(key)  # which keeps its own copy
@@ -88,31 +125,9 @@ class HostKey:
 
     @classmethod
     def read(cls, path: Path = HOST_SECRET, machine_id_path: Path = MACHINE_ID) -> HostKey:
-        """The host secret as systemd itself would accept it, or SealError saying why not and what fixes it:
-        systemd refuses a secret that is not a regular file of mode 0400, and deletes one that names another
-        machine (an image cloned with its secret), so sealing with either would only fail every unit."""
-        fix = f"run `{SETUP}` (or `unlocker grant` any unit, which runs it)"
+        """The key, from a host secret systemd itself would accept; SealError says why not and what fixes it."""
+        data = _read_host_secret(path, machine_id_path)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise SealError(f"systemd's credential secret {path} does not exist: {fix}") from None
-        except OSError as e:
-            raise SealError(f"cannot read systemd's credential secret {path}: {e.strerror}") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != 0o400 or st.st_nlink != 1:
-                raise SealError(f"systemd refuses its credential secret {path} (it must be one regular file of mode "
-                                f"0400): remove it and {fix}")
-            data = bytearray(os.read(fd, 16 * 1024 * 1024 + 1))
-        finally:
-            os.close(fd)
-        try:
-            if not 16 < len(data) <= 16 * 1024 * 1024:
-                raise SealError(f"systemd's credential secret {path} has a bad size: remove it and {fix}")
-            expected = app_specific_machine_id(read_machine_id(machine_id_path))
-            if not hmac.compare_digest(bytes(data[:16]), expected):
-                raise SealError(f"systemd's credential secret {path} belongs to another machine id (an image "
-                                f"cloned with it?); systemd would delete it: remove it and {fix}")
             return cls(memoryview(data)[16:])
         finally:
             wipe(data)
