@@ -165,6 +165,21 @@ def test_the_plain_path_calls_what_the_typer_command_calls(monkeypatch, argv):
     assert len(calls) == 2 and calls[0] == calls[1]
 
 
+@pytest.mark.parametrize("argv", [["serve"], ["--keystore", "/k", "serve"], ["--debug", "serve"]])
+def test_serve_execs_the_broker_with_the_same_options_on_both_paths(monkeypatch, argv):
+    """What unlocker.service runs takes the plain path (an interpreter start less at boot); the broker it
+    execs must be given exactly what typer's `serve` gives it."""
+    from unlocker.service import serve as serve_module
+
+    execs: list[object] = []
+    monkeypatch.setattr(serve_module, "serve", execs.append)
+    typer_app()(argv, prog_name="unlocker", standalone_mode=False)
+    call = plain_call(argv)
+    assert call is not None
+    call()
+    assert len(execs) == 2 and execs[0] == execs[1]
+
+
 @pytest.mark.parametrize(("argv", "plain"), [
     (["status", "--json"], True),
     (["--keystore", "/k", "--debug", "status", "--json", "--tpm2-device", "swtpm:port=1"], True),
@@ -174,6 +189,8 @@ def test_the_plain_path_calls_what_the_typer_command_calls(monkeypatch, argv):
     (["unlock"], True),
     (["grant", "a.service", "b.service", "--credential", "db", "--format", "json", "--no-reload"], True),
     (["revoke", "--credential=db", "a.service"], True),
+    (["serve"], True),
+    (["serve", "--tries", "5"], False),
     (["--help"], True),
     (["--keystore", "/k", "--debug", "--help"], True),
     (["status", "--help"], True),

@@ -37,7 +37,7 @@ def _common(results: dict[str, str], details: str) -> None:
     assert results["unlocker"] == "active", details
     assert results["granted"] == "active", details
     assert results["credential_bytes"] == "32", details
-    # systemd 252 loads credentials again for every Exec command: the drop-in's `test -s` guard and ExecStart.
+    # The sealed reply (LoadCredentialEncrypted=, systemd-creds setup made the host secret at boot) decrypted.
     assert int(results["delivered"]) >= 1, details
     # Debian's 6.1 has memfd_secret off without secretmem.enable=1: the fallback runs, and status says so.
     assert results["secretmem_cmdline"] == "0", details

@@ -14,6 +14,7 @@ import typer
 from unlocker import config
 from unlocker.cli.options import Globals as Globals
 from unlocker.cli.options import global_options
+from unlocker.cli.options import timeouts as timeouts
 from unlocker.cli.options import tpm_device as tpm_device
 from unlocker.cli.reports import slot_info as slot_info
 from unlocker.errors import InvalidInput
@@ -69,14 +70,6 @@ SlotOption = Annotated[int | None, typer.Option("--slot", help="Only try this ke
 NetworkTimeout = Annotated[float, typer.Option(
     "--network-timeout", help="Seconds a clevis slot may take, all its Tang servers asked at once.")]
 ConnectTimeout = Annotated[float, typer.Option("--connect-timeout", help="Seconds to connect to one Tang server.")]
-
-
-def timeouts(total: float, connect: float) -> Timeouts:
-    from unlocker.clevis.http import Timeouts
-
-    if total <= 0 or connect <= 0:
-        raise InvalidInput("--network-timeout and --connect-timeout must be positive")
-    return Timeouts(connect=min(connect, total), total=total)
 
 
 @app.callback()

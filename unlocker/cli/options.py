@@ -8,6 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unlocker import config
+from unlocker.errors import InvalidInput
+
+# typing.TYPE_CHECKING without importing typing: see cli/main.py.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from unlocker.clevis.http import Timeouts
 
 
 @dataclass(frozen=True)
@@ -27,3 +33,11 @@ def tpm_device(g: Globals, option: str | None) -> str | None:
     if option or g.config.tpm2_device:
         return option or g.config.tpm2_device
     return config.DEFAULT_TCTI if Path("/dev/tpmrm0").exists() else None
+
+
+def timeouts(total: float, connect: float) -> Timeouts:
+    from unlocker.clevis.http import Timeouts
+
+    if total <= 0 or connect <= 0:
+        raise InvalidInput("--network-timeout and --connect-timeout must be positive")
+    return Timeouts(connect=min(connect, total), total=total)

@@ -10,7 +10,8 @@ prints the text typer prints, kept in helptext.py. Anything else (a typo, a repe
 value typer might refuse, a terminal narrower than the text) goes to typer, so its messages stay the only
 usage errors and nothing typer would refuse runs here.
 
-No plain call handles a secret, so none needs the re-exec of cli/main.py.
+No plain call handles a secret, so none needs the re-exec of cli/main.py: `serve` execs the broker with
+scrubbing turned on (service/serve.py), and the broker's unlock child inherits it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ SHAPES: dict[str, Shape] = {
     "unlock": NOTHING,  # the request to the broker; with --check (or any option) it reads a secret: typer's
     "grant": (("--credential", "--format"), ("--no-reload",), (1, None)),
     "revoke": (("--credential",), ("--no-reload",), (1, 1)),
+    "serve": NOTHING,  # what unlocker.service runs: the boot waits for it
 }
 
 
@@ -70,6 +72,8 @@ def plain_call(argv: list[str]) -> Callable[[], object] | None:
         return _with_globals(given, lambda g: actions.lock())
     if command == "unlock":
         return _with_globals(given, lambda g: actions.unlock())
+    if command == "serve":
+        return _with_globals(given, actions.serve)
     if command == "revoke":
         return _with_globals(given, lambda g: actions.revoke(arguments[0], own.get("--credential"), no_reload))
     from unlocker.client.formats import Format

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -19,8 +18,6 @@ from unlocker.cli.common import (
     Tpm2Device,
     app,
     globals_of,
-    timeouts,
-    tpm_device,
 )
 from unlocker.errors import UnlockerError
 from unlocker.run import run
@@ -59,18 +56,8 @@ def serve(
 ) -> None:
     """The boot service: try the unattended slots (tpm2, clevis) while prompting, unlock, serve
     credentials, answer the control socket."""
-    from unlocker.service import serve as serve_module
-    from unlocker.service.ask import AskOptions
-
-    g = globals_of(ctx)
-    cfg = g.config
-    options = serve_module.ServeOptions(
-        keystore=g.keystore, run_dir=config.RUN_DIR, tcti=tpm_device(g, tpm2_device), tries=tries or cfg.tries,
-        ask=AskOptions(cached_keyname=replace(cfg, keyname=keyname or cfg.keyname,
-                                              accept_cached=accept_cached or cfg.accept_cached).cached_keyname),
-        passphrase_file=passphrase_file, network=timeouts(network_timeout, connect_timeout),
-    )
-    serve_module.serve(options)
+    actions.serve(globals_of(ctx), tpm2_device, tries, passphrase_file, keyname, accept_cached,
+                  network_timeout, connect_timeout)
 
 
 @app.command()

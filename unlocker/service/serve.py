@@ -31,7 +31,13 @@ from unlocker.errors import UnlockerError
 from unlocker.keystore import storage
 from unlocker.keystore.fileformat import FormatError
 from unlocker.keystore.unlock import Unlocked, with_store_key
-from unlocker.memory import harden_process, scrub_freed_memory, wipe
+from unlocker.memory import (
+    environment_with_scrubbing,
+    freed_memory_is_scrubbed,
+    harden_process,
+    scrub_freed_memory,
+    wipe,
+)
 from unlocker.run import log
 from unlocker.service import audit, grants
 from unlocker.service.broker import CONTROL_BACKLOG, Broker, handle_control, listen, raise_descriptor_limit
@@ -173,7 +179,10 @@ def serve(options: ServeOptions) -> None:
     if logging.getLogger().isEnabledFor(logging.DEBUG):
         options = dataclasses.replace(options, debug=True)
     argv = [sys.executable, "-m", "unlocker.service.serve", options.to_json()]
-    os.execv(sys.executable, argv)  # noqa: S606
+    # glibc scrubs freed memory in the broker and its unlock child, however `unlocker serve` was started
+    # (the unit sets GLIBC_TUNABLES; a plain call of the CLI does not re-execute to set it).
+    env = os.environ if freed_memory_is_scrubbed() else environment_with_scrubbing()
+    os.execve(sys.executable, argv, env)  # noqa: S606
 
 
 def main() -> None:
