@@ -2,7 +2,8 @@
 
 - start time of a oneshot unit whose credential comes from the broker (the grant's drop-in: a sealed
   credential, LoadCredentialEncrypted=), beside the same unit loading a plain file credential, a
-  systemd-creds encrypted file (LoadCredentialEncrypted=, host key: systemd's decryption alone), and none;
+  systemd-creds encrypted file (LoadCredentialEncrypted=, host key: systemd's decryption alone), none, and
+  plain LoadCredential= from the broker's socket (the transport alone; not a supported configuration);
 - 200 units started at once, with broker credentials, with file credentials and with systemd-creds files,
   in interleaved rounds, while a client holds a connection to the credentials socket and never reads;
   every unit checks that its credential is the right 32 bytes (`cmp`), and fails otherwise;
@@ -242,6 +243,13 @@ def prepare(c: Container) -> dict[str, list[str]]:
     c.sh("systemd-creds encrypt --with-key=host --name=dek /etc/bench.key /etc/bench.cred")
     c.write("/etc/systemd/system/via-systemd-creds.service", UNIT.format(extra=systemd_creds))
     c.write("/etc/systemd/system/no-credential.service", UNIT.format(extra=""))
+    # Not a configuration anyone should run: plain LoadCredential= from the broker's socket (the unit gets
+    # the sealed text, undecrypted). It splits the broker's figure into the socket transport and systemd's
+    # decryption.
+    c.run(["unlocker", "grant", "transport-only.service", "--no-reload"])
+    c.write("/etc/systemd/system/transport-only.service.d/50-unlocker-dek.conf",
+            f"[Unit]\nWants=unlocker.service\nAfter=unlocker.service\n[Service]\nLoadCredential=dek:{SOCKET}\n")
+    c.write("/etc/systemd/system/transport-only.service", UNIT.format(extra=""))
 
     check = "[Service]\nType=oneshot\nExecStart=/usr/bin/cmp -s %d/dek {expected}\n{extra}\n"
     c.write("/etc/systemd/system/burst-broker@.service", check.format(expected="/etc/bench-dek.expected", extra=""))
@@ -251,7 +259,8 @@ def prepare(c: Container) -> dict[str, list[str]]:
     units = [f"burst-broker@{i}.service" for i in range(1, BURST + 1)]
     c.run(["unlocker", "grant", *units, "--format", "raw", "--no-reload"])
     c.systemctl("daemon-reload")
-    return {"start": ["no-credential.service", "via-file.service", "via-systemd-creds.service", "via-broker.service"],
+    return {"start": ["no-credential.service", "via-file.service", "via-systemd-creds.service",
+                      "transport-only.service", "via-broker.service"],
             "burst": ["burst-file", "burst-systemd-creds", "burst-broker"]}
 
 
