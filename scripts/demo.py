@@ -128,6 +128,9 @@ def main() -> int:
         say("intruder.service asks for the key without a grant, and fails")
         c.systemctl("start", "intruder.service", check=False)
         show(c, ["journalctl", "--no-pager", "-o", "cat", "-u", "intruder.service"])
+        # systemd only sees a reply that does not decrypt; the broker's audit record says why it refused.
+        from unlocker.service import audit
+        show(c, ["journalctl", "--no-pager", "-o", "cat", f"MESSAGE_ID={audit.DENIED}"])
 
         say("unlocker status")
         show(c, ["unlocker", "status"])
