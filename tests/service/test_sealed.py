@@ -62,3 +62,13 @@ def test_the_cache_reads_the_secret_again_once_it_is_replaced(tmp_path):
         cache.get()
     host_secret(tmp_path)  # `systemd-creds setup` made a new one
     assert cache.get() is not first
+
+
+def test_the_header_is_laid_out_as_systemd_creds_writes_it(tmp_path):
+    key = HostKey.read(*host_secret(tmp_path))
+    raw = binascii.a2b_base64(key.seal("dek", b"k" * 32))
+    # The first 32 bytes of a blob from `systemd-creds encrypt --with-key=host` (252): the key type's id,
+    # then key size 32, block size 1, IV size 12, tag size 16; the IV follows, then zeros to 48 bytes.
+    assert raw[:32].hex() == "5a1c6a86df9d4096b1d5a65e0862f19a" + "20000000" "01000000" "0c000000" "10000000"
+    assert raw[44:48] == bytes(4)
+    assert len(raw) == 48 + 24 + 32 + 16  # header, metadata with "dek" padded to 8, the key, the tag

@@ -46,6 +46,7 @@ BY_HOST = bytes.fromhex("5a1c6a86df9d4096b1d5a65e0862f19a")  # CRED_AES256_GCM_B
 CREDENTIAL_APP_ID = bytes.fromhex("d3acecba0dad4cdfb8c9381528936c58")
 IV_BYTES = 12
 TAG_BYTES = 16
+HEADER_BYTES = 48  # id, four sizes, the IV, zeros to a multiple of 8
 NEVER = 2**64 - 1  # USEC_INFINITY: no not-after time
 MAX_SECRET_BYTES = 16 * 1024 * 1024  # what systemd reads at most
 SETUP = "systemd-creds setup"  # what makes a host secret (unlocker grant runs it)
@@ -147,13 +148,12 @@ class HostKey:
         return binascii.b2a_base64(header + sealed, newline=False)
 
     def unseal(self, name: str, text: bytes) -> bytes:
-        """The inverse of seal() (for tests and `unlocker doctor`): the credential, or ValueError."""
+        """The inverse of seal(), for tests (systemd does this for the units): the credential, or ValueError."""
         raw = binascii.a2b_base64(text)
-        header_size = len(_pad8(bytes(16 + 16 + IV_BYTES)))
-        header = raw[:header_size]
-        if header[:16] != BY_HOST or len(raw) < header_size + 24 + TAG_BYTES:
+        header = raw[:HEADER_BYTES]
+        if header[:16] != BY_HOST or len(raw) < HEADER_BYTES + 24 + TAG_BYTES:
             raise ValueError("not a credential sealed with the host key")
-        plaintext = self._aead.decrypt(header[32 : 32 + IV_BYTES], raw[header_size:], header)
+        plaintext = self._aead.decrypt(header[32 : 32 + IV_BYTES], raw[HEADER_BYTES:], header)
         _, _, size = struct.unpack_from("<QQI", plaintext)
         if plaintext[20 : 20 + size].decode() != name:
             raise ValueError("sealed for another credential id")
