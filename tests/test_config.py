@@ -72,3 +72,8 @@ def test_a_percent_in_a_value_is_just_a_character(tmp_path):
     # ConfigParser's default interpolation raised (not a ValueError) on a '%' at the first get().
     (tmp_path / "unlocker.conf").write_bytes(b"[tpm2]\ndevice = swtpm:port=%d\n")
     assert config.load(tmp_path / "unlocker.conf").tpm2_device == "swtpm:port=%d"
+
+
+def test_no_config_file_gives_what_an_empty_one_gives(tmp_path):
+    # load() skips configparser when there is no file: the defaults must be what parsing nothing gives.
+    assert config.load(tmp_path / "unlocker.conf") == config.loads(b"") == config.Config()

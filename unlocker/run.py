@@ -5,13 +5,13 @@ go on a command line or in the environment: pass them on a pipe.
 
 from __future__ import annotations
 
-import logging
 import subprocess
 from collections.abc import Sequence
 
+from unlocker import logs
 from unlocker.errors import UnlockerError
 
-log = logging.getLogger("unlocker")
+log = logs.logger()
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import FAST, ROOT
 
+from unlocker import config
 from unlocker.cli import actions, helptext
 from unlocker.cli.main import handles_secrets, typer_app
 from unlocker.cli.plain import plain_call
@@ -66,6 +67,18 @@ def test_scripted_reports_load_no_typer_crypto_tpm_or_clevis_and_do_not_reexec(k
     p, modules = loaded("--keystore", str(keystore), *command)
     assert p.returncode == 0, p.stderr
     assert _heavy(modules) == [] and "typer" not in modules
+
+
+@pytest.mark.parametrize("command", [["status", "--json"], ["slots", "--json"], ["status"], ["slots"]])
+def test_the_reports_load_neither_logging_nor_configparser(keystore, command):
+    # Milliseconds of every call (issue 13): a report logs nothing but a TPM library's warnings (logs.py),
+    # and with no config file there is nothing to parse.
+    assert not config.CONFIG_FILE.exists()
+    p, modules = loaded("--keystore", str(keystore), *command)
+    assert p.returncode == 0, p.stderr
+    assert "configparser" not in modules
+    if "unlocker.tpm" in HEAVY:  # no TPM here: status does not load its stack
+        assert "logging" not in modules
 
 
 @pytest.mark.parametrize("command", [

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from unlocker import logs
 from unlocker.clevis.http import Timeouts
 from unlocker.cli import actions, reports
 from unlocker.cli.common import (
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 # The keystore's crypto (changes, slots, unlock) is imported inside the commands that use it, so that
 # --help and the other commands do not pay for it.
 
-log = logging.getLogger("unlocker")
+log = logs.logger()
 
 @app.command()
 def init(

@@ -3,11 +3,10 @@ the typer app (common.py) and the plain path for scripted reports (reports.py) b
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from unlocker import config
+from unlocker import config, logs
 from unlocker.errors import InvalidInput
 
 # typing.TYPE_CHECKING without importing typing: see cli/main.py.
@@ -24,7 +23,7 @@ class Globals:
 
 def global_options(keystore: Path, debug: bool) -> Globals:
     """What `unlocker [--keystore PATH] [--debug]` sets up before any command runs."""
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
+    logs.configure(debug)
     return Globals(keystore=keystore, config=config.load())
 
 

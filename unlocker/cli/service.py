@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from unlocker import config
+from unlocker import config, logs
 from unlocker.cli import actions, reports
 from unlocker.cli.common import (
     ConnectTimeout,
@@ -22,7 +21,7 @@ from unlocker.cli.common import (
 from unlocker.errors import UnlockerError
 from unlocker.run import run
 
-log = logging.getLogger("unlocker")
+log = logs.logger()
 
 @app.command()
 def status(

@@ -5,7 +5,6 @@ Outputs are written into bytearrays the caller owns and wipes (derive_into), nev
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 
@@ -13,6 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from unlocker import logs
 from unlocker.errors import InvalidInput, KdfCostRefused
 from unlocker.keystore.fileformat import (  # the format's, so that reading a keystore needs no crypto
     MAX_ITERATIONS,
@@ -22,7 +22,7 @@ from unlocker.keystore.fileformat import (  # the format's, so that reading a ke
     Argon2Params,
 )
 
-log = logging.getLogger("unlocker")
+log = logs.logger()
 
 SALT_BYTES = 16
 # Checked before deriving, on top of the format's bounds: memory x passes at most 64 GiB (about 45 s on

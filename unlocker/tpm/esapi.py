@@ -47,6 +47,7 @@ from tpm2_pytss.types import (
     TPMT_SYM_DEF,
 )
 
+from unlocker import logs
 from unlocker.errors import InvalidInput, TpmError, TpmLockout, TpmPolicyMismatch, TpmUnavailable, WrongSecret
 from unlocker.memory import wipe
 
@@ -54,6 +55,8 @@ from unlocker.memory import wipe
 # can act on. tpm2-tss reads TSS2_LOG at its first log call, so setting it before any call is enough, and an
 # explicit TSS2_LOG (for debugging) wins.
 os.environ.setdefault("TSS2_LOG", "all+none")
+# tpm2_pytss warns through logging, which the reports leave unloaded until here: set it up (logs.py).
+logs.logger()
 
 # AES-128-CFB is the parameter-encryption cipher every PC Client TPM must implement.
 _SESSION_SYM = TPMT_SYM_DEF.parse("aes128cfb")
