@@ -6,7 +6,6 @@ unlock child (unlock_child.py). Nothing in it is secret: `passphrase_file` is a 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,8 +49,3 @@ class ServeOptions:
                    ask=AskOptions(**d["ask"]), passphrase_file=d["passphrase_file"],
                    network=Timeouts(**d["network"]), backoff=Backoff(**d["backoff"]), grace_s=d["grace_s"],
                    debug=d["debug"])
-
-
-def configure_logging(debug: bool) -> None:
-    """As the CLI does (cli/common.py): to stderr, which systemd sends to the journal."""
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")

@@ -27,6 +27,7 @@ from typing import Any
 
 from systemd import daemon
 
+from unlocker import logs
 from unlocker.errors import UnlockerError
 from unlocker.keystore import storage
 from unlocker.keystore.fileformat import FormatError
@@ -43,7 +44,7 @@ from unlocker.service import audit, grants
 from unlocker.service.broker import CONTROL_BACKLOG, Broker, handle_control, listen, raise_descriptor_limit
 from unlocker.service.fdstore import FdStore
 from unlocker.service.keyring import Keyring
-from unlocker.service.options import ServeOptions, configure_logging
+from unlocker.service.options import ServeOptions
 from unlocker.service.sealed import SealError
 from unlocker.service.spawn import UnlockChild
 
@@ -190,7 +191,7 @@ def main() -> None:
     scrub_freed_memory()
     harden_process()
     options = ServeOptions.from_json(sys.argv[1])
-    configure_logging(options.debug)
+    logs.configure(options.debug)  # to stderr, which systemd sends to the journal
     raise_descriptor_limit()
     try:
         asyncio.run(_serve(options))

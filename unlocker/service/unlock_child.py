@@ -31,6 +31,7 @@ import socket
 import sys
 import threading
 
+from unlocker import logs
 from unlocker.errors import UnlockerError, WrongSecret
 from unlocker.keystore import storage
 from unlocker.keystore.slots import Secrets
@@ -40,7 +41,7 @@ from unlocker.run import log
 from unlocker.secret_input import read_secret_file
 from unlocker.service import ask, cached_passphrase
 from unlocker.service.keyring import fill_region
-from unlocker.service.options import ServeOptions, configure_logging
+from unlocker.service.options import ServeOptions
 from unlocker.service.quorum_prompt import SHARE_TIMEOUT_S, QuorumAtPrompt
 from unlocker.service.unattended import Unattended
 
@@ -200,7 +201,7 @@ def main() -> None:
     die_with_parent(signal.SIGTERM)
     broker = socket.socket(fileno=int(sys.argv[1]))
     options = ServeOptions.from_json(sys.argv[2])
-    configure_logging(options.debug)
+    logs.configure(options.debug)  # to stderr, which systemd sends to the journal
     _broker = broker
     try:
         opened, source = unlock_interactively(options)
